@@ -1,0 +1,331 @@
+//! The image pipeline: decode, optional box crop, resize of the shorter side, random or centre
+//! crop, horizontal flip and normalisation to a `[3, H, W]` `f32` buffer.
+//!
+//! Decoding sniffs the format from the bytes, so a PNG saved as `.jpg` loads. Grayscale, CMYK and
+//! 16-bit images are converted to 8-bit RGB. Augmentation draws from
+//! [`SplitMix64::for_item`]`(seed, epoch, index)`, so a run (and a resumed run) repeats exactly,
+//! whatever the number of threads.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageReader, RgbImage};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::datasets::{BBox, Record};
+use crate::error::{DataError, Result};
+use crate::rng::SplitMix64;
+
+/// Decodes an image file to 8-bit RGB.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    decode_rgb(&bytes).map_err(|message| DataError::Image { path: path.to_path_buf(), message })
+}
+
+/// Decodes image bytes (JPEG or PNG, format sniffed from the content) to 8-bit RGB.
+pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    if reader.format().is_none() {
+        return Err("unknown image format".into());
+    }
+    let mut reader = reader;
+    // Fine-grained photos are small; the default limits only guard against decompression bombs.
+    reader.limits(image::Limits::default());
+    let img = reader.decode().map_err(|e| e.to_string())?;
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+/// How pixel values are normalised after scaling to `[0, 255]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalize {
+    /// torchvision's ImageNet statistics: `(x/255 - mean) / std`.
+    Imagenet,
+    /// EfficientNet-Lite's `(x - 127) / 128`.
+    Symmetric127,
+}
+
+impl Normalize {
+    fn mean_std(self) -> ([f32; 3], [f32; 3]) {
+        match self {
+            Normalize::Imagenet => ([0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0], [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0]),
+            Normalize::Symmetric127 => ([127.0; 3], [128.0; 3]),
+        }
+    }
+}
+
+/// Where the square crop is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CropMode {
+    /// The centre (evaluation).
+    Center,
+    /// A uniformly random position (training).
+    Random,
+}
+
+/// One image transform, as recorded in a run's protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transform {
+    /// Shorter side after resizing, in pixels (0 keeps the size).
+    pub resize: u32,
+    /// Side of the square crop.
+    pub crop: u32,
+    /// Crop position.
+    pub crop_mode: CropMode,
+    /// Flip horizontally with probability 1/2.
+    pub random_flip: bool,
+    /// Crop to the record's box (when it has one) before resizing.
+    pub box_crop: bool,
+    /// Normalisation.
+    pub normalize: Normalize,
+}
+
+impl Transform {
+    /// The usual training transform: resize to `resize`, random `crop`, random flip.
+    pub fn train(resize: u32, crop: u32, normalize: Normalize) -> Self {
+        Transform { resize, crop, crop_mode: CropMode::Random, random_flip: true, box_crop: false, normalize }
+    }
+
+    /// The usual evaluation transform: resize to `resize`, centre `crop`.
+    pub fn eval(resize: u32, crop: u32, normalize: Normalize) -> Self {
+        Transform { resize, crop, crop_mode: CropMode::Center, random_flip: false, box_crop: false, normalize }
+    }
+
+    /// Number of floats of one output image.
+    pub fn output_len(&self) -> usize {
+        3 * self.crop as usize * self.crop as usize
+    }
+
+    /// Applies the transform to a decoded image, writing `[3, crop, crop]` floats into `out`.
+    /// `trim_bottom` rows are dropped first (FGVC-Aircraft's banner); `bbox` is used when
+    /// [`Transform::box_crop`] is set.
+    pub fn apply(&self, img: &RgbImage, trim_bottom: u32, bbox: Option<BBox>, rng: &mut SplitMix64, out: &mut [f32]) {
+        assert_eq!(out.len(), self.output_len(), "output buffer has the wrong size");
+        let (w, h) = img.dimensions();
+        let h = h.saturating_sub(trim_bottom).max(1);
+        // Region of the source image to use: whole image, or the clipped box.
+        let (mut x0, mut y0, mut rw, mut rh) = (0u32, 0u32, w, h);
+        if self.box_crop
+            && let Some(b) = bbox
+        {
+            let bx0 = b.x.floor().clamp(0.0, (w - 1) as f32) as u32;
+            let by0 = b.y.floor().clamp(0.0, (h - 1) as f32) as u32;
+            let bx1 = (b.x + b.w).ceil().clamp(bx0 as f32 + 1.0, w as f32) as u32;
+            let by1 = (b.y + b.h).ceil().clamp(by0 as f32 + 1.0, h as f32) as u32;
+            (x0, y0, rw, rh) = (bx0, by0, bx1 - bx0, by1 - by0);
+        }
+        let region = image::imageops::crop_imm(img, x0, y0, rw, rh).to_image();
+        let resized = if self.resize > 0 {
+            let (nw, nh) = if rw <= rh {
+                (self.resize, ((rh as u64 * self.resize as u64 + rw as u64 / 2) / rw as u64).max(1) as u32)
+            } else {
+                (((rw as u64 * self.resize as u64 + rh as u64 / 2) / rh as u64).max(1) as u32, self.resize)
+            };
+            if (nw, nh) == (rw, rh) { region } else { image::imageops::resize(&region, nw, nh, FilterType::Triangle) }
+        } else {
+            region
+        };
+        // A crop larger than the image takes the whole image, resized up to the crop.
+        let resized = if resized.width() < self.crop || resized.height() < self.crop {
+            let s = self.crop as f32 / resized.width().min(resized.height()) as f32;
+            let nw = ((resized.width() as f32 * s).round() as u32).max(self.crop);
+            let nh = ((resized.height() as f32 * s).round() as u32).max(self.crop);
+            image::imageops::resize(&resized, nw, nh, FilterType::Triangle)
+        } else {
+            resized
+        };
+        let (iw, ih) = resized.dimensions();
+        let c = self.crop;
+        let (cx, cy) = match self.crop_mode {
+            CropMode::Center => ((iw - c) / 2, (ih - c) / 2),
+            CropMode::Random => (rng.below((iw - c + 1) as u64) as u32, rng.below((ih - c + 1) as u64) as u32),
+        };
+        let flip = self.random_flip && rng.coin();
+        let (mean, std) = self.normalize.mean_std();
+        let plane = (c * c) as usize;
+        let raw = resized.as_raw();
+        for y in 0..c {
+            let row = ((cy + y) * iw) as usize * 3;
+            for x in 0..c {
+                let sx = if flip { cx + c - 1 - x } else { cx + x } as usize;
+                let px = &raw[row + sx * 3..row + sx * 3 + 3];
+                let o = (y * c + x) as usize;
+                for ch in 0..3 {
+                    out[ch * plane + o] = (px[ch] as f32 - mean[ch]) / std[ch];
+                }
+            }
+        }
+    }
+}
+
+/// A batch of transformed images.
+#[derive(Debug)]
+pub struct Batch {
+    /// `[n, 3, crop, crop]` floats, row-major.
+    pub pixels: Vec<f32>,
+    /// Class labels, parallel to the images.
+    pub labels: Vec<usize>,
+    /// Indices (into the record list) of the images in the batch.
+    pub indices: Vec<usize>,
+    /// Images that could not be decoded and were skipped (with `skip_bad`).
+    pub skipped: Vec<DataError>,
+}
+
+/// Loads and transforms `indices` of `records` in parallel on all cores.
+///
+/// Each image draws its augmentation from `(seed, epoch, index)`. An undecodable image is an
+/// error naming the file, or with `skip_bad` a skipped entry of the batch.
+pub fn load_batch(
+    records: &[Record],
+    indices: &[usize],
+    transform: &Transform,
+    seed: u64,
+    epoch: u64,
+    skip_bad: bool,
+) -> Result<Batch> {
+    let n = transform.output_len();
+    let results: Vec<(usize, Result<Vec<f32>>)> = indices
+        .par_iter()
+        .map(|&i| {
+            let rec = &records[i];
+            let r = load_rgb(&rec.path).map(|img| {
+                let mut out = vec![0f32; n];
+                let mut rng = SplitMix64::for_item(seed, epoch, i as u64);
+                transform.apply(&img, rec.trim_bottom, rec.bbox, &mut rng, &mut out);
+                out
+            });
+            (i, r)
+        })
+        .collect();
+    let mut batch = Batch { pixels: Vec::with_capacity(n * indices.len()), labels: Vec::new(), indices: Vec::new(), skipped: Vec::new() };
+    for (i, r) in results {
+        match r {
+            Ok(px) => {
+                batch.pixels.extend_from_slice(&px);
+                batch.labels.push(records[i].label);
+                batch.indices.push(i);
+            }
+            Err(e) if skip_bad => batch.skipped.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, Luma, Rgb};
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        ImageBuffer::from_fn(w, h, |x, y| Rgb([(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, 77]))
+    }
+
+    fn encode(img: &DynamicImage, fmt: image::ImageFormat) -> Vec<u8> {
+        let mut v = Vec::new();
+        img.write_to(&mut Cursor::new(&mut v), fmt).expect("encode");
+        v
+    }
+
+    #[test]
+    fn decodes_grayscale_16bit_and_misnamed_png() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Grayscale JPEG.
+        let gray = DynamicImage::ImageLuma8(ImageBuffer::from_fn(16, 8, |x, _| Luma([(x * 16) as u8])));
+        let p = dir.path().join("gray.jpg");
+        std::fs::write(&p, encode(&gray, image::ImageFormat::Jpeg)).expect("write");
+        let img = load_rgb(&p).expect("gray decodes");
+        assert_eq!(img.dimensions(), (16, 8));
+        let px = img.get_pixel(15, 4);
+        assert!(px[0] == px[1] && px[1] == px[2] && px[0] > 200, "{px:?}");
+        // 16-bit RGB PNG: 65535 must map to 255, not wrap.
+        let deep = DynamicImage::ImageRgb16(ImageBuffer::from_fn(4, 4, |x, _| Rgb([65535u16, (x * 20000) as u16, 0])));
+        let p = dir.path().join("deep.png");
+        std::fs::write(&p, encode(&deep, image::ImageFormat::Png)).expect("write");
+        let img = load_rgb(&p).expect("16-bit decodes");
+        assert_eq!(img.get_pixel(0, 0)[0], 255);
+        assert_eq!(img.get_pixel(3, 0)[1], (60000.0f32 / 65535.0 * 255.0).round() as u8);
+        // A PNG saved with a .jpg name.
+        let p = dir.path().join("actually_png.jpg");
+        std::fs::write(&p, encode(&DynamicImage::ImageRgb8(gradient(10, 6)), image::ImageFormat::Png)).expect("write");
+        assert_eq!(load_rgb(&p).expect("sniffed").get_pixel(9, 5), gradient(10, 6).get_pixel(9, 5));
+    }
+
+    #[test]
+    fn corrupt_and_truncated_images_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("junk.jpg");
+        std::fs::write(&p, b"this is not an image").expect("write");
+        let e = load_rgb(&p).expect_err("junk fails");
+        assert!(e.to_string().contains("junk.jpg"), "{e}");
+        let png = encode(&DynamicImage::ImageRgb8(gradient(64, 64)), image::ImageFormat::Png);
+        let p = dir.path().join("cut.png");
+        std::fs::write(&p, &png[..png.len() / 2]).expect("write");
+        let e = load_rgb(&p).expect_err("truncated png fails");
+        assert!(e.to_string().contains("cut.png"), "{e}");
+        let e = load_rgb(&dir.path().join("absent.jpg")).expect_err("missing fails");
+        assert!(e.to_string().contains("absent.jpg"), "{e}");
+    }
+
+    #[test]
+    fn centre_crop_resize_and_normalise_are_exact_on_a_known_image() {
+        // 8x4 image, resize shorter side 4 (no-op), centre crop 4 -> columns 2..6.
+        let img = gradient(8, 4);
+        let t = Transform { resize: 4, crop: 4, crop_mode: CropMode::Center, random_flip: false, box_crop: false, normalize: Normalize::Symmetric127 };
+        let mut out = vec![0.0; t.output_len()];
+        t.apply(&img, 0, None, &mut SplitMix64::new(0), &mut out);
+        let expect_r = |x: u32| (((x * 255 / 8) as f32) - 127.0) / 128.0;
+        assert_eq!(out[0], expect_r(2));
+        assert_eq!(out[3], expect_r(5));
+        // Blue plane is constant 77.
+        assert!(out[32..48].iter().all(|&v| v == (77.0 - 127.0) / 128.0));
+    }
+
+    #[test]
+    fn flip_mirrors_and_random_crop_repeats_with_the_seed() {
+        let img = gradient(40, 30);
+        let mut t = Transform::train(30, 24, Normalize::Symmetric127);
+        let run = |t: &Transform, seed: u64| {
+            let mut out = vec![0.0; t.output_len()];
+            t.apply(&img, 0, None, &mut SplitMix64::for_item(seed, 0, 5), &mut out);
+            out
+        };
+        assert_eq!(run(&t, 1), run(&t, 1));
+        let distinct: std::collections::HashSet<Vec<u32>> =
+            (0..20).map(|s| run(&t, s).iter().map(|v| v.to_bits()).collect()).collect();
+        assert!(distinct.len() > 5, "random crops should vary with the seed");
+        // Forced flip vs no flip on a centre crop: rows are mirrored.
+        t.crop_mode = CropMode::Center;
+        t.random_flip = false;
+        let plain = run(&t, 0);
+        let seed_with_flip = (0..64).find(|&s| SplitMix64::for_item(s, 0, 5).coin()).expect("some seed flips");
+        t.random_flip = true;
+        let flipped = run(&t, seed_with_flip);
+        for x in 0..24 {
+            assert_eq!(plain[x], flipped[23 - x]);
+        }
+    }
+
+    #[test]
+    fn box_crop_and_banner_trim_restrict_the_region() {
+        // Left half red, right half green; a box on the right half yields only green.
+        let img: RgbImage = ImageBuffer::from_fn(20, 20, |x, _| if x < 10 { Rgb([255, 0, 0]) } else { Rgb([0, 255, 0]) });
+        let mut t = Transform::eval(8, 8, Normalize::Symmetric127);
+        t.box_crop = true;
+        let mut out = vec![0.0; t.output_len()];
+        t.apply(&img, 0, Some(BBox { x: 11.0, y: 2.0, w: 8.0, h: 16.0 }), &mut SplitMix64::new(0), &mut out);
+        assert!(out[..64].iter().all(|&v| v < 0.0), "red plane must be empty");
+        // Banner: bottom 10 rows white are removed entirely.
+        let img: RgbImage = ImageBuffer::from_fn(30, 40, |_, y| if y >= 30 { Rgb([255, 255, 255]) } else { Rgb([0, 0, 0]) });
+        let t = Transform::eval(30, 30, Normalize::Symmetric127);
+        let mut out = vec![0.0; t.output_len()];
+        t.apply(&img, 10, None, &mut SplitMix64::new(0), &mut out);
+        assert!(out.iter().all(|&v| v < 0.0));
+    }
+}

@@ -1,0 +1,212 @@
+//! The result record of one run: what was measured, under which protocol, on what, by which
+//! code. Reports are built from these files only.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+
+/// Version of the record layout; bump on incompatible changes.
+pub const RECORD_SCHEMA: u32 = 1;
+
+/// How a number was obtained: everything a reader needs to judge whether it is comparable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Protocol {
+    /// Which split was trained and tested on, and where it comes from.
+    pub split: String,
+    /// Training images: resize/crop/flip/normalisation, in words.
+    pub train_transform: String,
+    /// Test images: resize/crop/normalisation, in words.
+    pub eval_transform: String,
+    /// Test-time augmentation (`none`, `flip`).
+    pub tta: String,
+    /// Which checkpoint gave the number (`last epoch` unless a held-out validation split exists).
+    pub checkpoint: String,
+    /// Seeds of this configuration (this record holds one of them).
+    pub seeds: Vec<u64>,
+    /// Training epochs.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Optimiser and schedule, in words.
+    pub optimizer: String,
+    /// Which layers were trained.
+    pub trained_layers: String,
+}
+
+/// One measured result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    /// Layout version ([`RECORD_SCHEMA`]).
+    pub schema: u32,
+    /// The survey table this reproduces (`table4`, `table2`, ...).
+    pub table: String,
+    /// Method name as in the survey.
+    pub method: String,
+    /// Dataset name as in the survey (`CUB-200-2011`).
+    pub dataset: String,
+    /// The data actually used (`CUB-200-2011 full`, `cub-mini: 40 classes`).
+    pub data: String,
+    /// Backbone name.
+    pub backbone: String,
+    /// Input side in pixels.
+    pub resolution: u32,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// Seed of this run.
+    pub seed: u64,
+    /// Metric name to value (percent for accuracies).
+    pub metrics: BTreeMap<String, f64>,
+    /// Every way this run departs from the paper's protocol.
+    pub deviations: Vec<String>,
+    /// `git describe --always --dirty` of the code, or `unknown`.
+    pub git_revision: String,
+    /// burn version the run was built with.
+    pub burn_version: String,
+    /// Device, in words.
+    pub device: String,
+    /// Wall time of training and evaluation, seconds.
+    pub wall_time_s: f64,
+    /// When the record was written (UTC, RFC 3339).
+    pub created_utc: String,
+    /// Run folder, relative to the workspace root where possible.
+    pub run_dir: String,
+}
+
+impl ResultRecord {
+    /// Reads a record, rejecting unknown schema versions.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+        let r: ResultRecord = serde_json::from_str(&text).map_err(|e| DataError::format(path, e.to_string()))?;
+        if r.schema != RECORD_SCHEMA {
+            return Err(DataError::format(path, format!("record schema {} (this build reads {RECORD_SCHEMA})", r.schema)));
+        }
+        Ok(r)
+    }
+
+    /// Writes the record atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_json_atomic(path, self)
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed to disk,
+/// then renamed over the target. A crash leaves either the old file or the new one, never a
+/// torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let name = path.file_name().ok_or_else(|| DataError::Invalid(format!("{} has no file name", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(DataError::io(path, e));
+    }
+    Ok(())
+}
+
+/// Serialises `value` as pretty JSON and writes it with [`write_atomic`].
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| DataError::format(path, e.to_string()))?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
+/// The current time as RFC 3339 UTC, without a date library.
+pub fn now_utc_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> ResultRecord {
+        ResultRecord {
+            schema: RECORD_SCHEMA,
+            table: "table4".into(),
+            method: "ResNet-50 baseline".into(),
+            dataset: "CUB-200-2011".into(),
+            data: "cub-mini".into(),
+            backbone: "efficientnet-lite0".into(),
+            resolution: 112,
+            protocol: Protocol {
+                split: "official".into(),
+                train_transform: "resize 128, random crop 112, flip".into(),
+                eval_transform: "resize 128, centre crop 112".into(),
+                tta: "none".into(),
+                checkpoint: "last epoch".into(),
+                seeds: vec![0],
+                epochs: 2,
+                batch_size: 16,
+                optimizer: "sgd".into(),
+                trained_layers: "all".into(),
+            },
+            seed: 0,
+            metrics: [("top1".to_string(), 50.0)].into_iter().collect(),
+            deviations: vec!["smaller resolution".into()],
+            git_revision: "abc".into(),
+            burn_version: "0.21.0".into(),
+            device: "cpu".into(),
+            wall_time_s: 1.5,
+            created_utc: now_utc_rfc3339(),
+            run_dir: "runs/x".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_atomic_replace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("sub").join("r.json");
+        let r = sample();
+        r.write(&p).expect("write");
+        assert_eq!(ResultRecord::read(&p).expect("read"), r);
+        let mut r2 = r.clone();
+        r2.seed = 9;
+        r2.write(&p).expect("overwrite");
+        assert_eq!(ResultRecord::read(&p).expect("read").seed, 9);
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(p.parent().expect("parent")).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn wrong_schema_and_garbage_are_clear_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("r.json");
+        let mut v = serde_json::to_value(sample()).expect("json");
+        v["schema"] = 99.into();
+        std::fs::write(&p, v.to_string()).expect("write");
+        assert!(ResultRecord::read(&p).expect_err("schema").to_string().contains("schema 99"));
+        std::fs::write(&p, "{ not json").expect("write");
+        assert!(ResultRecord::read(&p).expect_err("garbage").to_string().contains("r.json"));
+    }
+
+    #[test]
+    fn rfc3339_has_the_right_shape() {
+        let s = now_utc_rfc3339();
+        assert_eq!(s.len(), 20);
+        assert!(s.starts_with("20") && s.ends_with('Z'));
+    }
+}

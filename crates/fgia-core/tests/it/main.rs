@@ -1,0 +1,4 @@
+//! Integration tests of fgia-core.
+
+mod datasets;
+mod images;
