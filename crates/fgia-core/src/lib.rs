@@ -9,6 +9,7 @@ pub mod error;
 pub mod imaging;
 pub mod mat;
 pub mod metrics;
+pub mod paths;
 pub mod record;
 pub mod retrieval;
 pub mod rng;
