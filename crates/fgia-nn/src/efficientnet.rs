@@ -24,6 +24,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, Linea
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
+use crate::norm::conv_bn;
 use crate::ops::global_avg_pool;
 
 /// `(kernel, stride, expand ratio, output channels, repeats)` of the seven stages of Lite0.
@@ -138,10 +139,10 @@ impl<B: Backend> MbConv<B> {
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut x = input.clone();
         if let (Some(c), Some(b)) = (&self.expand_conv, &self.bn0) {
-            x = relu6(b.forward(c.forward(x)));
+            x = relu6(conv_bn(c, b, x));
         }
-        x = relu6(self.bn1.forward(self.depthwise_conv.forward(x)));
-        x = self.bn2.forward(self.project_conv.forward(x));
+        x = relu6(conv_bn(&self.depthwise_conv, &self.bn1, x));
+        x = conv_bn(&self.project_conv, &self.bn2, x);
         if !self.residual {
             return x;
         }
@@ -184,12 +185,12 @@ impl<B: Backend> EfficientNetLite<B> {
     /// Runs stage `i` of [`Self::STAGES`].
     pub fn forward_stage(&self, i: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match i {
-            0 => relu6(self.bn0.forward(self.conv_stem.forward(x))),
+            0 => relu6(conv_bn(&self.conv_stem, &self.bn0, x)),
             1..=7 => {
                 let start = if i == 1 { 0 } else { self.stage_ends[i - 2] };
                 self.blocks[start..self.stage_ends[i - 1]].iter().fold(x, |x, b| b.forward(x))
             }
-            8 => relu6(self.bn1.forward(self.conv_head.forward(x))),
+            8 => relu6(conv_bn(&self.conv_head, &self.bn1, x)),
             _ => panic!("EfficientNet-Lite has {} stages, asked for {i}", Self::STAGES),
         }
     }

@@ -7,6 +7,7 @@
 pub mod efficientnet;
 pub mod error;
 pub mod network;
+pub mod norm;
 pub mod ops;
 pub mod resnet;
 pub mod torch_layout;

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::nn::LinearConfig;
+use burn::nn::{Linear, LinearConfig};
 use fgia_core::imaging::Normalize;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -237,6 +237,15 @@ impl<B: Backend> Network<B> {
     /// `[B, 3, H, W]` to logits `[B, num_classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         self.head_from_features(self.features(x))
+    }
+
+    /// The classifier head (the layer that gets the head learning rate when fine-tuning).
+    pub fn head_layer(&self) -> &Linear<B> {
+        match self {
+            Network::ResNet(n) => &n.fc,
+            Network::Vgg16(n) => &n.head,
+            Network::EfficientNetLite(n) => &n.fc,
+        }
     }
 
     /// Channels of the features.

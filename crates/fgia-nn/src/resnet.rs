@@ -14,6 +14,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use crate::norm::conv_bn;
 use crate::ops::global_avg_pool;
 
 /// Configuration of a ResNet.
@@ -153,13 +154,13 @@ impl<B: Backend> Block<B> {
     /// `[B, C_in, H, W]` to `[B, C_out, H / stride, W / stride]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            Some(d) => conv_bn(&d.conv, &d.bn, x.clone()),
             None => x.clone(),
         };
-        let mut y = relu(self.bn1.forward(self.conv1.forward(x)));
-        y = self.bn2.forward(self.conv2.forward(y));
+        let mut y = relu(conv_bn(&self.conv1, &self.bn1, x));
+        y = conv_bn(&self.conv2, &self.bn2, y);
         if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
-            y = b3.forward(c3.forward(relu(y)));
+            y = conv_bn(c3, b3, relu(y));
         }
         relu(y + identity)
     }
@@ -194,7 +195,7 @@ impl<B: Backend> ResNet<B> {
     pub fn forward_stage(&self, i: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let run = |layer: &[Block<B>], x: Tensor<B, 4>| layer.iter().fold(x, |x, b| b.forward(x));
         match i {
-            0 => self.maxpool.forward(relu(self.bn1.forward(self.conv1.forward(x)))),
+            0 => self.maxpool.forward(relu(conv_bn(&self.conv1, &self.bn1, x))),
             1 => run(&self.layer1, x),
             2 => run(&self.layer2, x),
             3 => run(&self.layer3, x),

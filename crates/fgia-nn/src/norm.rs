@@ -1,0 +1,180 @@
+//! Batch normalisation, and convolution followed by batch normalisation, computed with
+//! per-channel 1x1 depthwise convolutions.
+//!
+//! Why: on burn-flex 0.21 an element-wise operation that broadcasts a `[C]` vector over a
+//! `[N, C, H, W]` map is about 8x slower than a same-shape one (45 ms against 5 ms on
+//! `[16, 96, 56, 56]`), and `burn::nn::BatchNorm` does several of them, so batch norm took longer
+//! than the convolutions around it (160 ms against 10 ms for a 1x1 expansion). A per-channel
+//! affine map `y = a_c x + b_c` is exactly a depthwise 1x1 convolution with weight `a` and bias
+//! `b`, which the backend runs (forward and backward) at the speed of a same-shape operation.
+//!
+//! Semantics are PyTorch's `BatchNorm2d`:
+//! - training (autodiff backend): batch statistics over `N, H, W` (biased variance for
+//!   normalising; the running variance is updated with the unbiased estimate), running averages
+//!   updated with `momentum`;
+//! - inference: running statistics. [`conv_bn`] then folds the normalisation into the
+//!   convolution's weights, so the pair costs one convolution.
+//!
+//! The variance is computed in two passes, `mean((x - m)^2)` with `m` the detached batch mean:
+//! numerically stable, and the gradient is unchanged because `d var / d m = 0` at the mean.
+
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::PaddedConvOptions;
+
+/// `y[:, c] = a[c] * x[:, c] + b[c]`.
+///
+/// # Shapes
+/// `x: [N, C, H, W]`, `a, b: [C]`.
+pub fn channel_affine<B: Backend>(x: Tensor<B, 4>, a: Tensor<B, 1>, b: Tensor<B, 1>) -> Tensor<B, 4> {
+    let c = x.dims()[1];
+    conv2d(x, a.reshape([c, 1, 1, 1]), Some(b), PaddedConvOptions::asymmetric([1, 1], [0, 0], [0, 0], [1, 1], c))
+}
+
+/// `(a, b)` with `y = a x + b` from mean and variance.
+fn affine_of<B: Backend>(bn: &BatchNorm<B>, mean: Tensor<B, 1>, var: Tensor<B, 1>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let a = bn.gamma.val() / var.add_scalar(bn.epsilon).sqrt(); // [C]
+    let b = bn.beta.val() - mean * a.clone(); // [C]
+    (a, b)
+}
+
+/// Inference: the affine map of the running statistics.
+fn inference_affine<B: Backend>(bn: &BatchNorm<B>, device: &B::Device) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    affine_of(bn, bn.running_mean.value().to_device(device), bn.running_var.value().to_device(device))
+}
+
+/// Training: the affine map of the batch statistics; updates the running statistics.
+fn training_affine<B: Backend>(bn: &BatchNorm<B>, x: &Tensor<B, 4>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let [n, c, h, w] = x.dims();
+    let device = x.device();
+    let count = (n * h * w) as f64;
+    let mean = x.clone().reshape([n, c, h * w]).mean_dim(2).mean_dim(0).reshape([c]); // [C]
+    let centred = channel_affine(x.clone(), Tensor::ones([c], &device), mean.clone().detach().neg());
+    let var = centred.square().reshape([n, c, h * w]).mean_dim(2).mean_dim(0).reshape([c]); // [C]
+    let m = bn.momentum;
+    let unbiased = var.clone().detach().mul_scalar(count / (count - 1.0).max(1.0));
+    let old_mean = bn.running_mean.value_sync().to_device(&device);
+    let old_var = bn.running_var.value_sync().to_device(&device);
+    bn.running_mean.update(old_mean.mul_scalar(1.0 - m).add(mean.clone().detach().mul_scalar(m)));
+    bn.running_var.update(old_var.mul_scalar(1.0 - m).add(unbiased.mul_scalar(m)));
+    affine_of(bn, mean, var)
+}
+
+/// Batch normalisation of a `[N, C, H, W]` map with a `burn::nn::BatchNorm`'s parameters and
+/// running statistics.
+pub fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let (a, b) = if B::ad_enabled(&x.device()) { training_affine(bn, &x) } else { inference_affine(bn, &x.device()) };
+    channel_affine(x, a, b)
+}
+
+/// Padding of a convolution for an input of `h x w`, as `(start, end)` per spatial dimension.
+fn padding<B: Backend>(conv: &Conv2d<B>, h: usize, w: usize) -> ([usize; 2], [usize; 2]) {
+    match conv.padding {
+        PaddingConfig2d::Valid => ([0, 0], [0, 0]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => ([top, left], [bottom, right]),
+        PaddingConfig2d::Same => {
+            // TensorFlow "SAME": ceil(in / stride) outputs, the extra pixel at the end.
+            let same = |size: usize, k: usize, s: usize, d: usize| {
+                let out = size.div_ceil(s);
+                let eff = (k - 1) * d + 1;
+                let total = ((out - 1) * s + eff).saturating_sub(size);
+                (total / 2, total - total / 2)
+            };
+            let (t, b) = same(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0]);
+            let (l, r) = same(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1]);
+            ([t, l], [b, r])
+        }
+    }
+}
+
+/// `bn(conv(x))`. In inference mode the normalisation is folded into the convolution
+/// (`w' = a w`, `b' = a b_conv + b`), so the pair costs one convolution; in training mode the
+/// convolution runs first, then [`batch_norm`].
+pub fn conv_bn<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    if B::ad_enabled(&x.device()) {
+        return batch_norm(bn, conv.forward(x));
+    }
+    let [_, _, h, w] = x.dims();
+    let out = conv.weight.dims()[0];
+    let (a, b) = inference_affine(bn, &x.device());
+    let weight = conv.weight.val() * a.clone().reshape([out, 1, 1, 1]);
+    let bias = match &conv.bias {
+        Some(cb) => cb.val() * a + b,
+        None => b,
+    };
+    let (start, end) = padding(conv, h, w);
+    conv2d(x, weight, Some(bias), PaddedConvOptions::asymmetric(conv.stride, start, end, conv.dilation, conv.groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::nn::BatchNormConfig;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::{Distribution, Tolerance};
+
+    fn randomised_bn<B: Backend>(c: usize, device: &B::Device) -> BatchNorm<B> {
+        let mut bn = BatchNormConfig::new(c).with_epsilon(1e-3).with_momentum(0.1).init::<B>(device);
+        bn.gamma = bn.gamma.map(|_| Tensor::random([c], Distribution::Uniform(0.5, 1.5), device).require_grad());
+        bn.beta = bn.beta.map(|_| Tensor::random([c], Distribution::Uniform(-0.5, 0.5), device).require_grad());
+        bn.running_mean.update(Tensor::random([c], Distribution::Uniform(-0.5, 0.5), device));
+        bn.running_var.update(Tensor::random([c], Distribution::Uniform(0.5, 2.0), device));
+        bn
+    }
+
+    #[test]
+    fn inference_matches_burn_batch_norm() {
+        let device = Default::default();
+        let bn = randomised_bn::<Flex>(5, &device);
+        let x = Tensor::<Flex, 4>::random([3, 5, 7, 6], Distribution::Normal(1.0, 2.0), &device);
+        batch_norm(&bn, x.clone()).into_data().assert_approx_eq::<f32>(&bn.forward(x).into_data(), Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    fn training_matches_burn_batch_norm_values_gradients_and_running_mean() {
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        let bn = randomised_bn::<A>(4, &device);
+        let x = Tensor::<A, 4>::random([3, 4, 5, 5], Distribution::Normal(3.0, 2.0), &device).require_grad();
+        let w = Tensor::<A, 4>::random([3, 4, 5, 5], Distribution::Normal(0.0, 1.0), &device);
+        let ours = batch_norm(&bn, x.clone());
+        let theirs = bn.forward(x.clone());
+        ours.clone().into_data().assert_approx_eq::<f32>(&theirs.clone().into_data(), Tolerance::absolute(1e-4));
+        let g1 = (ours * w.clone()).sum().backward();
+        let g2 = (theirs * w).sum().backward();
+        let (gx1, gx2) = (x.grad(&g1).expect("grad"), x.grad(&g2).expect("grad"));
+        gx1.into_data().assert_approx_eq::<f32>(&gx2.into_data(), Tolerance::absolute(1e-4));
+        let (gg1, gg2) = (bn.gamma.val().grad(&g1).expect("grad"), bn.gamma.val().grad(&g2).expect("grad"));
+        gg1.into_data().assert_approx_eq::<f32>(&gg2.into_data(), Tolerance::absolute(1e-3));
+    }
+
+    #[test]
+    fn training_updates_running_statistics_like_pytorch() {
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        let bn = BatchNormConfig::new(2).with_momentum(0.1).init::<A>(&device);
+        // Channel 0 holds 1..=4, channel 1 holds 10 (constant).
+        let x = Tensor::<A, 4>::from_data([[[[1.0f32, 2.0], [3.0, 4.0]], [[10.0, 10.0], [10.0, 10.0]]]], &device);
+        let _ = batch_norm(&bn, x);
+        let mean: Vec<f32> = bn.running_mean.value_sync().into_data().to_vec().expect("f32");
+        let var: Vec<f32> = bn.running_var.value_sync().into_data().to_vec().expect("f32");
+        // mean 2.5 -> 0.25; unbiased var 5/3 -> 0.9 + 0.1 * 5/3.
+        assert!((mean[0] - 0.25).abs() < 1e-6 && (mean[1] - 1.0).abs() < 1e-6, "{mean:?}");
+        assert!((var[0] - (0.9 + 0.5 / 3.0)).abs() < 1e-5 && (var[1] - 0.9).abs() < 1e-6, "{var:?}");
+    }
+
+    #[test]
+    fn folded_conv_bn_matches_separate_ops_for_every_padding() {
+        let device = Default::default();
+        for (k, s, pad, groups) in [(3, 2, PaddingConfig2d::Same, 6), (3, 1, PaddingConfig2d::Explicit(1, 1, 1, 1), 1), (1, 1, PaddingConfig2d::Valid, 1), (5, 2, PaddingConfig2d::Same, 1)] {
+            let conv = Conv2dConfig::new([6, 6], [k, k]).with_stride([s, s]).with_padding(pad).with_groups(groups).with_bias(groups == 1).init::<Flex>(&device);
+            let bn = randomised_bn::<Flex>(6, &device);
+            let x = Tensor::<Flex, 4>::random([2, 6, 9, 8], Distribution::Normal(0.0, 1.0), &device);
+            let want = bn.forward(conv.forward(x.clone()));
+            conv_bn(&conv, &bn, x).into_data().assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
+        }
+    }
+}
