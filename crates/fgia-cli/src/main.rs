@@ -1,1 +1,164 @@
-fn main() {}
+//! `fgia`: train, evaluate, predict, embed and inspect fine-grained models.
+//!
+//! The only crate that picks a burn backend: `Flex` on the CPU (default) and, with the `cuda`
+//! feature, `Cuda`. Everything below the command-line layer is generic over the backend.
+
+mod commands;
+mod npy;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    /// burn-flex on all CPU cores.
+    Cpu,
+    /// burn-cuda on GPU 0 (build with `--features cuda`).
+    Cuda,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "fgia", version, about = "Fine-grained image analysis: train, evaluate, predict, embed, inspect")]
+struct Cli {
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu, global = true)]
+    device: DeviceArg,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a recipe in a new run folder (or continue one with --resume), then evaluate the last
+    /// epoch on the test split and write result.json.
+    Train(TrainArgs),
+    /// Evaluate a run's newest checkpoint on its test split.
+    Eval(EvalArgs),
+    /// Top-5 classes with probabilities for image files.
+    Predict(PredictArgs),
+    /// Write pooled embeddings of a dataset split (for retrieval) as .npy plus a .json index.
+    Embed(EmbedArgs),
+    /// Parameter count and multiply-accumulates of a backbone at a resolution.
+    Info(InfoArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// Recipe file (TOML). Ignored with --resume: the run folder's copy is used.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Run folder; must not exist unless --resume.
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Continue the run in --run-dir from its newest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Dataset root (overrides the recipe's data.root).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Pretrained weights file (default: resolved from the caches).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Also copy result.json here (atomically).
+    #[arg(long)]
+    result: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct EvalArgs {
+    /// Run folder.
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Dataset root (overrides the recipe's).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Test-time augmentation (overrides the recipe's).
+    #[arg(long, value_parser = ["none", "flip"])]
+    tta: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct PredictArgs {
+    /// A trained run folder (its classes), or leave out and give --backbone for ImageNet classes.
+    #[arg(long, conflicts_with = "backbone")]
+    run_dir: Option<PathBuf>,
+    /// An ImageNet-pretrained backbone (prints ImageNet class indices).
+    #[arg(long)]
+    backbone: Option<String>,
+    /// Input side (default: the run's crop, or 224).
+    #[arg(long)]
+    resolution: Option<u32>,
+    /// How many classes to print.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Image files.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct EmbedArgs {
+    /// A trained run folder, or leave out and give --backbone for ImageNet features.
+    #[arg(long, conflicts_with = "backbone")]
+    run_dir: Option<PathBuf>,
+    /// An ImageNet-pretrained backbone.
+    #[arg(long)]
+    backbone: Option<String>,
+    /// Dataset format: cub, dogs, cars, aircraft.
+    #[arg(long)]
+    format: String,
+    /// Dataset root.
+    #[arg(long)]
+    data_root: PathBuf,
+    /// Which images: train, test, or all.
+    #[arg(long, default_value = "test", value_parser = ["train", "test", "all"])]
+    split: String,
+    /// Input side (crop); the shorter side is resized to 8/7 of it.
+    #[arg(long, default_value_t = 224)]
+    resolution: u32,
+    /// Output .npy file (a .json index with paths and labels is written beside it).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct InfoArgs {
+    /// Backbone name.
+    #[arg(long)]
+    backbone: String,
+    /// Input side.
+    #[arg(long, default_value_t = 224)]
+    resolution: usize,
+    /// Classes of the head.
+    #[arg(long, default_value_t = 1000)]
+    num_classes: usize,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.device {
+        DeviceArg::Cpu => commands::run::<burn::backend::Flex>(cli.command, Default::default(), cpu_name()),
+        DeviceArg::Cuda => run_cuda(cli.command),
+    }
+}
+
+fn cpu_name() -> String {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("cpu (burn-flex, {threads} threads)")
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda(command: Command) -> Result<()> {
+    commands::run::<burn::backend::Cuda>(command, Default::default(), "cuda:0 (burn-cuda)".into())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(_command: Command) -> Result<()> {
+    bail!("this fgia was built without CUDA; rebuild with `cargo build --release -p fgia-cli --features cuda`")
+}

@@ -54,6 +54,10 @@ pub struct ResultRecord {
     pub backbone: String,
     /// Input side in pixels.
     pub resolution: u32,
+    /// The paper's input side this run stands in for (a smoke run at 112 px for the paper's
+    /// 224 px), when it differs.
+    #[serde(default)]
+    pub paper_resolution: Option<u32>,
     /// The protocol.
     pub protocol: Protocol,
     /// Seed of this run.
@@ -91,6 +95,38 @@ impl ResultRecord {
     pub fn write(&self, path: &Path) -> Result<()> {
         write_json_atomic(path, self)
     }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy on the augmented batches, percent.
+    pub train_top1: f64,
+    /// Learning rate of the pretrained layers at the end of the epoch.
+    pub lr: f64,
+    /// Global gradient norm (before clipping), mean over the epoch.
+    pub grad_norm: f64,
+    /// Test top-1 when evaluated this epoch (for the curves only).
+    pub test_top1: Option<f64>,
+    /// Seconds spent in this epoch.
+    pub seconds: f64,
+    /// Images skipped as undecodable in this epoch.
+    pub skipped_images: usize,
+}
+
+/// Reads a run folder's `metrics.jsonl` (one [`EpochMetrics`] per line).
+pub fn read_metrics(run_dir: &Path) -> Result<Vec<EpochMetrics>> {
+    let path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| DataError::malformed(&path, i + 1, e.to_string())))
+        .collect()
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed to disk,
@@ -151,6 +187,7 @@ mod tests {
             data: "cub-mini".into(),
             backbone: "efficientnet-lite0".into(),
             resolution: 112,
+            paper_resolution: Some(224),
             protocol: Protocol {
                 split: "official".into(),
                 train_transform: "resize 128, random crop 112, flip".into(),

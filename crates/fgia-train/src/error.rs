@@ -1,0 +1,58 @@
+//! Errors of training and evaluation.
+
+use std::path::{Path, PathBuf};
+
+/// What can stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Dataset or image problem.
+    #[error(transparent)]
+    Data(#[from] fgia_core::DataError),
+    /// Network construction or weight import problem.
+    #[error(transparent)]
+    Nn(#[from] fgia_nn::NnError),
+    /// File system problem.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path concerned.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Invalid recipe.
+    #[error("{path}: invalid recipe: {message}")]
+    Recipe {
+        /// Recipe file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The loss became NaN or infinite: the run stops rather than continue with garbage.
+    #[error("loss is {value} at epoch {epoch}, step {step}: stopping (lower the learning rate or enable clip_grad_norm; the last good checkpoint is kept)")]
+    NonFinite {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 0-based step in the epoch.
+        step: usize,
+        /// The loss value.
+        value: f32,
+    },
+    /// The run folder exists and `--resume` was not asked for.
+    #[error("{0}: run folder exists; runs are never overwritten (use --resume to continue it, or choose another folder)")]
+    RunExists(PathBuf),
+    /// A checkpoint could not be written or read.
+    #[error("{path}: checkpoint: {message}")]
+    Checkpoint {
+        /// Checkpoint path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl TrainError {
+    /// Wraps an I/O error with its path.
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        TrainError::Io { path: path.as_ref().to_path_buf(), source }
+    }
+}

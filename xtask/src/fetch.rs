@@ -1,0 +1,295 @@
+//! Dataset manifests, resumable HTTP downloads, and checksum verification.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use md5::Md5;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// One dataset's manifest (`datasets/<name>.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Command-line name.
+    pub name: String,
+    /// Display name.
+    pub title: String,
+    /// Reader root, relative to the download folder.
+    pub root: String,
+    /// The official split, in words.
+    pub split: String,
+    /// Files to fetch.
+    pub files: Vec<FileSpec>,
+}
+
+/// One official file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// File name.
+    pub name: String,
+    /// Official URL.
+    pub url: String,
+    /// Size in bytes, when known.
+    pub size: Option<u64>,
+    /// SHA-256, when known.
+    pub sha256: Option<String>,
+    /// MD5, when known.
+    pub md5: Option<String>,
+    /// Unpack it (tar / tar.gz), or place it as is.
+    pub extract: bool,
+    /// Folder (relative to the download folder) to unpack or place it into.
+    pub into: Option<String>,
+}
+
+impl Manifest {
+    /// Reads `datasets/<name>.toml` of the workspace.
+    pub fn load(workspace: &Path, name: &str) -> Result<Self> {
+        let path = workspace.join("datasets").join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&path).with_context(|| format!("no manifest for dataset '{name}' ({})", path.display()))?;
+        let m: Manifest = toml::from_str(&text).with_context(|| format!("{}: invalid manifest", path.display()))?;
+        if m.name != name {
+            bail!("{}: declares name '{}', expected '{name}'", path.display(), m.name);
+        }
+        for f in &m.files {
+            if f.sha256.is_none() && f.md5.is_none() {
+                bail!("{}: file {} has no checksum", path.display(), f.name);
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// The digests of a file.
+pub struct Digests {
+    /// Size in bytes.
+    pub size: u64,
+    /// Lower-case hex SHA-256.
+    pub sha256: String,
+    /// Lower-case hex MD5.
+    pub md5: String,
+}
+
+/// Hashes a file (both digests in one read).
+pub fn digests(path: &Path) -> Result<Digests> {
+    let mut f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let (mut s, mut m) = (Sha256::new(), Md5::new());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("{}: read error", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        s.update(&buf[..n]);
+        m.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(Digests { size, sha256: hex(&s.finalize()), md5: hex(&m.finalize()) })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Checks a file against its manifest entry: size, SHA-256 and MD5 where known.
+pub fn verify(path: &Path, spec: &FileSpec) -> Result<()> {
+    let d = digests(path)?;
+    if let Some(size) = spec.size
+        && d.size != size
+    {
+        bail!("{}: size {} bytes, expected {size} (truncated or wrong file)", path.display(), d.size);
+    }
+    if let Some(want) = &spec.sha256
+        && !d.sha256.eq_ignore_ascii_case(want)
+    {
+        bail!("{}: SHA-256 {} does not match the expected {want}", path.display(), d.sha256);
+    }
+    if let Some(want) = &spec.md5
+        && !d.md5.eq_ignore_ascii_case(want)
+    {
+        bail!("{}: MD5 {} does not match the expected {want}", path.display(), d.md5);
+    }
+    Ok(())
+}
+
+/// Downloads `url` to `dest`, resuming a previous partial download (`<dest>.part`) with an HTTP
+/// range request, retrying a broken transfer up to `attempts` times.
+pub fn download(url: &str, dest: &Path, expected_size: Option<u64>, attempts: usize, progress: bool) -> Result<()> {
+    let part = PathBuf::from(format!("{}.part", dest.display()));
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let bar = if progress { indicatif::ProgressBar::new(expected_size.unwrap_or(0)) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ({eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(30)).timeout_read(Duration::from_secs(120)).build();
+    let mut last_err = None;
+    for attempt in 0..attempts.max(1) {
+        let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        if let Some(size) = expected_size
+            && have == size
+        {
+            break;
+        }
+        match fetch_once(&agent, url, &part, have, &bar) {
+            Ok(()) => {
+                last_err = None;
+                break;
+            }
+            Err(e) => {
+                bar.println(format!("download interrupted (attempt {}/{attempts}): {e:#}; resuming", attempt + 1));
+                last_err = Some(e);
+                std::thread::sleep(Duration::from_millis(200 * (attempt as u64 + 1)));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(e) = last_err {
+        return Err(e.context(format!("downloading {url} failed; run the command again to resume from {}", part.display())));
+    }
+    std::fs::rename(&part, dest).with_context(|| format!("{}: cannot move into place", dest.display()))?;
+    Ok(())
+}
+
+fn fetch_once(agent: &ureq::Agent, url: &str, part: &Path, have: u64, bar: &indicatif::ProgressBar) -> Result<()> {
+    let mut req = agent.get(url);
+    if have > 0 {
+        req = req.set("Range", &format!("bytes={have}-"));
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        // 416: nothing left to send (the partial file is already whole).
+        Err(ureq::Error::Status(416, _)) if have > 0 => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("GET {url}")),
+    };
+    let append = resp.status() == 206;
+    if have > 0 && !append {
+        // The server ignored the range: start over.
+        bar.set_position(0);
+    } else {
+        bar.set_position(have);
+    }
+    if let Some(len) = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok()) {
+        bar.set_length(len + if append { have } else { 0 });
+    }
+    let mut out = if append {
+        OpenOptions::new().append(true).open(part)?
+    } else {
+        File::create(part)?
+    };
+    let expected = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok());
+    let mut reader = resp.into_reader();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0u64;
+    loop {
+        let n = reader.read(&mut buf).context("connection broke")?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])?;
+        got += n as u64;
+        bar.inc(n as u64);
+    }
+    out.sync_all()?;
+    if let Some(len) = expected
+        && got < len
+    {
+        bail!("connection closed after {got} of {len} bytes");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A loopback HTTP server for `body` that honours `Range: bytes=N-` and breaks the first
+    /// connection after `break_after` bytes.
+    fn serve(body: Vec<u8>, break_after: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/file.tgz", listener.local_addr().expect("addr"));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut start = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        start = r.trim().trim_end_matches('-').parse().unwrap_or(0);
+                    }
+                }
+                let slice = &body[start.min(body.len())..];
+                let status = if start > 0 { "206 Partial Content" } else { "200 OK" };
+                let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", slice.len());
+                let _ = stream.write_all(head.as_bytes());
+                let cut = if n == 0 { break_after.min(slice.len()) } else { slice.len() };
+                let _ = stream.write_all(&slice[..cut]);
+                let _ = stream.flush();
+            }
+        });
+        (url, requests)
+    }
+
+    #[test]
+    fn resumes_a_broken_download_and_verifies_it() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (url, requests) = serve(body.clone(), 50_000);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("file.tgz");
+        download(&url, &dest, Some(body.len() as u64), 3, false).expect("download with resume");
+        assert_eq!(std::fs::read(&dest).expect("read"), body);
+        assert!(requests.load(Ordering::SeqCst) >= 2, "the second request resumed");
+        let d = digests(&dest).expect("digest");
+        let spec = FileSpec { name: "f".into(), url: url.clone(), size: Some(body.len() as u64), sha256: Some(d.sha256.clone()), md5: Some(d.md5.clone()), extract: false, into: None };
+        verify(&dest, &spec).expect("verifies");
+        // A flipped byte fails the check and names the file.
+        let mut bad = body.clone();
+        bad[1234] ^= 0x40;
+        std::fs::write(&dest, &bad).expect("write");
+        let e = verify(&dest, &spec).expect_err("tampered");
+        assert!(e.to_string().contains("SHA-256") && e.to_string().contains("file.tgz"), "{e}");
+        // A truncated file fails on size.
+        std::fs::write(&dest, &body[..1000]).expect("write");
+        assert!(verify(&dest, &spec).expect_err("truncated").to_string().contains("size"));
+    }
+
+    #[test]
+    fn known_digests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("abc");
+        std::fs::write(&p, b"abc").expect("write");
+        let d = digests(&p).expect("digest");
+        assert_eq!(d.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
+    }
+
+    #[test]
+    fn manifests_of_the_repository_parse() {
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace");
+        for name in ["cub", "dogs", "cars", "aircraft"] {
+            let m = Manifest::load(ws, name).expect("manifest");
+            assert_eq!(m.name, name);
+            assert!(!m.files.is_empty());
+        }
+    }
+}

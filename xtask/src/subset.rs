@@ -1,0 +1,107 @@
+//! Builds the 40-class CUB subset of the smoke profile from a full CUB-200-2011 download, by the
+//! rule `cub-mini` was made with: classes 1-40, and per class the first 15 official-train and
+//! the first 15 official-test images by image id. Ids, labels, split flags, boxes and parts are
+//! the official values; images are hard-linked (or copied) at their original size.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Classes of the smoke subset.
+pub const SMOKE_CLASSES: std::ops::RangeInclusive<u32> = 1..=40;
+/// Images per class and split.
+pub const PER_SPLIT: usize = 15;
+
+fn lines(path: &Path) -> Result<Vec<String>> {
+    Ok(std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?.lines().map(|l| l.trim_end().to_string()).collect())
+}
+
+/// Writes the subset of the CUB root `src` into `dest` (which must not exist).
+pub fn build_cub_subset(src: &Path, dest: &Path) -> Result<usize> {
+    // Parse with the toolkit's reader first: a malformed official file fails here, clearly.
+    let ds = fgia_core::datasets::read_cub(src, fgia_core::datasets::ReadOptions::default())?;
+    let mut chosen: HashSet<String> = HashSet::new();
+    let mut per: BTreeMap<(usize, bool), usize> = BTreeMap::new();
+    let mut all: Vec<(u64, usize, bool)> = ds
+        .train
+        .iter()
+        .map(|r| (r, true))
+        .chain(ds.test.iter().map(|r| (r, false)))
+        .filter(|(r, _)| SMOKE_CLASSES.contains(&ds.classes.ids[r.label]))
+        .filter_map(|(r, t)| r.id.parse::<u64>().ok().map(|id| (id, r.label, t)))
+        .collect();
+    all.sort();
+    for (id, label, train) in all {
+        let n = per.entry((label, train)).or_default();
+        if *n < PER_SPLIT {
+            *n += 1;
+            chosen.insert(id.to_string());
+        }
+    }
+    let tmp = dest.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("parts"))?;
+    let keep_id = |l: &str| l.split_whitespace().next().is_some_and(|id| chosen.contains(id));
+    for file in ["images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "parts/part_locs.txt"] {
+        let kept: Vec<String> = lines(&src.join(file))?.into_iter().filter(|l| keep_id(l)).collect();
+        std::fs::write(tmp.join(file), kept.join("\n") + "\n")?;
+    }
+    let classes: Vec<String> = lines(&src.join("classes.txt"))?
+        .into_iter()
+        .filter(|l| l.split_whitespace().next().and_then(|i| i.parse::<u32>().ok()).is_some_and(|i| SMOKE_CLASSES.contains(&i)))
+        .collect();
+    std::fs::write(tmp.join("classes.txt"), classes.join("\n") + "\n")?;
+    std::fs::copy(src.join("parts/parts.txt"), tmp.join("parts/parts.txt")).ok();
+    for l in lines(&src.join("images.txt"))?.into_iter().filter(|l| keep_id(l)) {
+        let rel = l.split_once(' ').map(|(_, p)| p.trim()).unwrap_or_default();
+        let (from, to) = (src.join("images").join(rel), tmp.join("images").join(rel));
+        std::fs::create_dir_all(to.parent().expect("image path has a folder"))?;
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).with_context(|| format!("{}: cannot copy", from.display()))?;
+        }
+    }
+    std::fs::rename(&tmp, dest)?;
+    Ok(chosen.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_first_images_of_each_class_and_split() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("CUB_200_2011");
+        std::fs::create_dir_all(src.join("parts")).expect("mkdir");
+        let mut images = String::new();
+        let mut labels = String::new();
+        let mut split = String::new();
+        // Class 1: 20 train + 20 test images; class 41: 2 images (outside the subset).
+        let mut id = 0;
+        for (class, n) in [(1u32, 40), (41, 2)] {
+            for k in 0..n {
+                id += 1;
+                let rel = format!("{class:03}.C/img{id}.jpg");
+                images.push_str(&format!("{id} {rel}\n"));
+                labels.push_str(&format!("{id} {class}\n"));
+                split.push_str(&format!("{id} {}\n", k % 2));
+                let p = src.join("images").join(&rel);
+                std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+                std::fs::write(p, b"jpg").expect("write");
+            }
+        }
+        std::fs::write(src.join("images.txt"), images).expect("w");
+        std::fs::write(src.join("image_class_labels.txt"), labels).expect("w");
+        std::fs::write(src.join("train_test_split.txt"), split).expect("w");
+        std::fs::write(src.join("classes.txt"), "1 001.C\n41 041.C\n").expect("w");
+        std::fs::write(src.join("bounding_boxes.txt"), "").expect("w");
+        std::fs::write(src.join("parts/part_locs.txt"), "").expect("w");
+        let dest = dir.path().join("subset");
+        assert_eq!(build_cub_subset(&src, &dest).expect("builds"), 30);
+        let ds = fgia_core::datasets::read_cub(&dest, Default::default()).expect("subset reads");
+        assert_eq!((ds.num_classes(), ds.train.len(), ds.test.len()), (1, 15, 15));
+        // The first 15 training images by id: ids 2, 4, ..., 30.
+        assert_eq!(ds.train.last().map(|r| r.id.as_str()), Some("30"));
+    }
+}
