@@ -151,6 +151,72 @@ fn forward_train<B: AutodiffBackend>(net: &Network<B>, frozen: usize, images: Te
     net.head_from_features(net.forward_stages_from(frozen, x))
 }
 
+/// Learning rates and clipping of one step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepRates {
+    /// Learning rate of every parameter but the head's.
+    pub body: f64,
+    /// Learning rate of the head.
+    pub head: f64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub clip_grad_norm: f64,
+}
+
+/// What one step measured.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    /// Loss before the update.
+    pub loss: f32,
+    /// Correct arg-max predictions in the batch.
+    pub hits: usize,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// One optimisation step from `logits` (computed by `net` on the batch): cross-entropy,
+/// backward, global-norm clipping, then SGD with the body's and the head's learning rates.
+/// A non-finite loss returns the network unchanged; the caller stops the run.
+pub fn train_step<B: AutodiffBackend, O: Optimizer<Network<B>, B>>(
+    mut net: Network<B>,
+    optim: &mut O,
+    loss_fn: &burn::nn::loss::CrossEntropyLoss<B>,
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    rates: StepRates,
+) -> (Network<B>, StepStats) {
+    let n = targets.dims()[0];
+    let loss = loss_fn.forward(logits.clone(), targets.clone());
+    let value: f32 = loss.clone().into_scalar().elem();
+    if !value.is_finite() {
+        return (net, StepStats { loss: value, hits: 0, grad_norm: f64::NAN });
+    }
+    let hits: i64 = logits.inner().argmax(1).reshape([n]).equal(targets.inner()).int().sum().into_scalar().elem();
+    let mut grads = loss.backward();
+    let mut head_grads = GradientsParams::from_module(&mut grads, net.head_layer());
+    let mut body_grads = GradientsParams::from_grads(grads, &net);
+    // One global norm over both groups, as torch's clip_grad_norm_ over all parameters.
+    let norm = global_grad_norm::<B, _>(&net, &body_grads).hypot(global_grad_norm::<B, _>(&net, &head_grads));
+    if rates.clip_grad_norm > 0.0 && norm > rates.clip_grad_norm {
+        let f = rates.clip_grad_norm / (norm + 1e-6);
+        scale_gradients::<B, _>(&net, &mut body_grads, f);
+        scale_gradients::<B, _>(&net, &mut head_grads, f);
+    }
+    if rates.body > 0.0 {
+        net = optim.step(rates.body, net, body_grads);
+    }
+    net = optim.step(rates.head, net, head_grads);
+    (net, StepStats { loss: value, hits: hits as usize, grad_norm: norm })
+}
+
+/// The SGD optimiser of a recipe: momentum (PyTorch semantics: no dampening) and L2 weight
+/// decay added to the gradient.
+pub fn sgd<B: AutodiffBackend>(t: &crate::recipe::TrainSection) -> impl Optimizer<Network<B>, B> {
+    SgdConfig::new()
+        .with_momentum(Some(MomentumConfig::new().with_momentum(t.momentum).with_dampening(0.0).with_nesterov(false)))
+        .with_weight_decay((t.weight_decay > 0.0).then(|| WeightDecayConfig::new(t.weight_decay as f32)))
+        .init::<B, Network<B>>()
+}
+
 fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     SplitMix64::for_item(seed, epoch as u64, u64::MAX).shuffle(&mut order);
@@ -178,10 +244,7 @@ pub fn train_and_evaluate<B: AutodiffBackend>(recipe: &Recipe, ctx: &RunContext,
     }
     let mut net: Network<B> = build_network(&recipe, num_classes, ctx.pretrained.as_deref(), device)?;
     let t = &recipe.train;
-    let mut optim = SgdConfig::new()
-        .with_momentum(Some(MomentumConfig::new().with_momentum(t.momentum).with_dampening(0.0).with_nesterov(false)))
-        .with_weight_decay((t.weight_decay > 0.0).then(|| WeightDecayConfig::new(t.weight_decay as f32)))
-        .init::<B, Network<B>>();
+    let mut optim = sgd::<B>(t);
 
     let mut start_epoch = 0;
     let mut wall_before = 0.0;
@@ -267,31 +330,18 @@ pub fn train_and_evaluate<B: AutodiffBackend>(recipe: &Recipe, ctx: &RunContext,
             let factor = lr_factor(t, iters, epoch * iters + step);
             lr_now = t.lr * factor;
             let targets = to_labels::<B>(&labels, device);
-            let loss = loss_fn.forward(logits.clone(), targets.clone());
-            let value: f32 = loss.clone().into_scalar().elem();
+            let lrs = StepRates { body: t.lr * factor, head: t.head_lr * factor, clip_grad_norm: t.clip_grad_norm };
+            let (next, stats) = train_step(net, &mut optim, &loss_fn, logits, targets, lrs);
+            net = next;
+            let (value, hits, norm) = (stats.loss, stats.hits, stats.grad_norm);
             if !value.is_finite() {
                 bar.abandon();
                 return Err(TrainError::NonFinite { epoch: epoch + 1, step, value });
             }
-            let hits: i64 = logits.inner().argmax(1).reshape([n]).equal(targets.inner()).int().sum().into_scalar().elem();
-            let mut grads = loss.backward();
-            let mut head_grads = GradientsParams::from_module(&mut grads, net.head_layer());
-            let mut body_grads = GradientsParams::from_grads(grads, &net);
-            // One global norm over both groups, as torch's clip_grad_norm_ over all parameters.
-            let norm = global_grad_norm::<B, _>(&net, &body_grads).hypot(global_grad_norm::<B, _>(&net, &head_grads));
             norm_sum += norm;
-            if t.clip_grad_norm > 0.0 && norm > t.clip_grad_norm {
-                let f = t.clip_grad_norm / (norm + 1e-6);
-                scale_gradients::<B, _>(&net, &mut body_grads, f);
-                scale_gradients::<B, _>(&net, &mut head_grads, f);
-            }
-            if t.lr > 0.0 {
-                net = optim.step(t.lr * factor, net, body_grads);
-            }
-            net = optim.step(t.head_lr * factor, net, head_grads);
             loss_sum += value as f64 * n as f64;
             seen += n;
-            correct += hits as usize;
+            correct += hits;
             bar.set_message(format!("loss {:.3}", loss_sum / seen as f64));
             bar.inc(1);
         }

@@ -1,0 +1,96 @@
+//! Renders a report from fixture records and checks what the pages say.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use fgia_core::record::{EpochMetrics, Protocol, RECORD_SCHEMA, ResultRecord};
+
+fn record(run_dir: &Path, res: u32, paper: u32, seed: u64, top1: f64) -> ResultRecord {
+    ResultRecord {
+        schema: RECORD_SCHEMA,
+        table: "table4".into(),
+        method: "Vanilla fine-tuning".into(),
+        dataset: "CUB-200-2011".into(),
+        data: "cub-mini (40 classes)".into(),
+        backbone: "EfficientNet-Lite0".into(),
+        resolution: res,
+        paper_resolution: Some(paper),
+        protocol: Protocol {
+            split: "official train_test_split.txt".into(),
+            train_transform: "resize 128, random crop 112".into(),
+            eval_transform: "resize 128, centre crop 112".into(),
+            tta: "none".into(),
+            checkpoint: "last epoch".into(),
+            seeds: vec![seed],
+            epochs: 3,
+            batch_size: 16,
+            optimizer: "SGD".into(),
+            trained_layers: "head".into(),
+        },
+        seed,
+        metrics: BTreeMap::from([("top1".to_string(), top1)]),
+        deviations: vec!["EfficientNet-Lite0 <instead> of ResNet-50".into()],
+        git_revision: "abc123".into(),
+        burn_version: "0.21.0".into(),
+        device: "cpu".into(),
+        wall_time_s: 12.0,
+        created_utc: "2026-11-27T00:00:00Z".into(),
+        run_dir: run_dir.display().to_string(),
+    }
+}
+
+#[test]
+fn table4_page_shows_paper_ours_delta_and_deviations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let results = dir.path().join("results");
+    let run = results.join("runs/table4/a");
+    std::fs::create_dir_all(&run).expect("mkdir");
+    let lines: String = (1..=3)
+        .map(|e| {
+            serde_json::to_string(&EpochMetrics { epoch: e, train_loss: 3.0 / e as f64, train_top1: 20.0 * e as f64, lr: 0.01, grad_norm: 1.0, test_top1: None, seconds: 1.0, skipped_images: 0 }).expect("json") + "\n"
+        })
+        .collect();
+    std::fs::write(run.join("metrics.jsonl"), lines).expect("metrics");
+    record(&run, 112, 224, 0, 50.0).write(&results.join("table4/s0.json")).expect("write");
+    record(&run, 112, 224, 1, 52.0).write(&results.join("table4/s1.json")).expect("write");
+    record(&run, 140, 280, 0, 60.0).write(&results.join("table4/t0.json")).expect("write");
+    std::fs::write(results.join("table4/broken.json"), "{").expect("write");
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/reference/survey-results.csv");
+    let out = dir.path().join("reports");
+    let s = fgia_report::render(&results, &reference, &out).expect("renders");
+    assert_eq!(s.records, 3);
+    assert_eq!(s.unreadable.len(), 1, "the broken record is reported, not fatal");
+
+    let t4 = std::fs::read_to_string(out.join("table4.html")).expect("table4.html");
+    // Paper values with their provenance, for all four sizes.
+    for v in ["81.6", "83.3", "85.0", "85.6"] {
+        assert!(t4.contains(v), "paper value {v}");
+    }
+    assert!(t4.contains("survey (TPAMI text)"));
+    // 224: mean 51.00 ± sample std 1.41 over two seeds; delta 51.0 - 81.6 = -30.6.
+    assert!(t4.contains("<b>51.00</b> ± 1.41"), "{t4}");
+    assert!(t4.contains("-30.6"));
+    // 280: one seed, delta -23.3; 336 and 392 were not run.
+    assert!(t4.contains("<b>60.00</b> (one seed)") && t4.contains("-23.3"));
+    assert_eq!(t4.matches("not run").count(), 2);
+    // Deviations are shown, escaped.
+    assert!(t4.contains("EfficientNet-Lite0 &lt;instead&gt; of ResNet-50"));
+    assert!(t4.contains("table4-accuracy.svg") && out.join("table4-accuracy.svg").is_file());
+
+    let index = std::fs::read_to_string(out.join("index.html")).expect("index");
+    assert!(index.contains("table4.html") && index.contains("could not be read"));
+    let run_page = std::fs::read_to_string(out.join("run-table4-s0.html")).expect("run page");
+    assert!(run_page.contains("Training curves") && out.join("run-table4-s0-loss.svg").is_file());
+    assert!(run_page.contains("abc123"));
+}
+
+#[test]
+fn an_empty_results_folder_renders_a_hint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/reference/survey-results.csv");
+    let out = dir.path().join("reports");
+    let s = fgia_report::render(&dir.path().join("none"), &reference, &out).expect("renders");
+    assert_eq!(s.records, 0);
+    let index = std::fs::read_to_string(out.join("index.html")).expect("index");
+    assert!(index.contains("cargo xtask reproduce table4 --smoke"));
+}
