@@ -2,6 +2,9 @@
 //! `train_step/efficientnet-lite0/b16_224` and `train_step/resnet50/b16_224`. Throughput is
 //! reported in images per second. `python/train_step.py` times PyTorch on the same shapes.
 
+// criterion_group!/criterion_main! generate undocumented items.
+#![allow(missing_docs)]
+
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

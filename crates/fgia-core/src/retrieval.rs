@@ -165,6 +165,104 @@ fn top_k_of_row(row: &[f32], k: usize, skip: Option<usize>) -> Vec<(usize, f32)>
     top
 }
 
+/// Bounded lists of the best `(score, index)` per row, higher score first, ties to the lower
+/// index. Offers may arrive in any order; the result does not depend on it.
+#[derive(Clone)]
+struct TopLists {
+    k: usize,
+    /// `k` slots per row; `len[row]` are filled.
+    slots: Vec<(f32, u32)>,
+    len: Vec<u8>,
+}
+
+impl TopLists {
+    fn new(rows: usize, k: usize) -> Self {
+        assert!(k <= u8::MAX as usize, "k is limited to 255 for self-retrieval lists");
+        TopLists { k, slots: vec![(f32::NEG_INFINITY, u32::MAX); rows * k], len: vec![0; rows] }
+    }
+
+    #[inline]
+    fn better(a: (f32, u32), b: (f32, u32)) -> bool {
+        a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
+    }
+
+    #[inline]
+    fn offer(&mut self, row: usize, score: f32, index: u32) {
+        let k = self.k;
+        let n = self.len[row] as usize;
+        let list = &mut self.slots[row * k..row * k + k];
+        if n == k && !Self::better((score, index), list[k - 1]) {
+            return;
+        }
+        let pos = list[..n].partition_point(|&e| Self::better(e, (score, index)));
+        let end = n.min(k - 1);
+        list.copy_within(pos..end, pos + 1);
+        list[pos] = (score, index);
+        if n < k {
+            self.len[row] += 1;
+        }
+    }
+
+    fn merge(mut self, other: TopLists) -> TopLists {
+        for row in 0..self.len.len() {
+            for i in 0..other.len[row] as usize {
+                let (s, j) = other.slots[row * other.k + i];
+                self.offer(row, s, j);
+            }
+        }
+        self
+    }
+
+    fn row(&self, row: usize) -> &[(f32, u32)] {
+        &self.slots[row * self.k..row * self.k + self.len[row] as usize]
+    }
+}
+
+/// The `k` best other items of every item of one set, using the symmetry of the score matrix:
+/// only blocks on or above the diagonal are multiplied, and each score is offered to both its
+/// row and its column (half the arithmetic of a full product). Scores are `x_i . x_j` (cosine)
+/// or `-|x_i - x_j|^2` (euclidean).
+fn self_top_k(p: &Prepared, k: usize, distance: Distance) -> TopLists {
+    let n = p.data.len() / p.dim;
+    let d = p.dim;
+    const B: usize = 1024;
+    let blocks = n.div_ceil(B);
+    let pairs: Vec<(usize, usize)> = (0..blocks).flat_map(|i| (i..blocks).map(move |j| (i, j))).collect();
+    let alpha = if distance == Distance::Cosine { 1.0 } else { 2.0 };
+    pairs
+        .into_par_iter()
+        .fold(
+            || (TopLists::new(n, k), Vec::<f32>::new()),
+            |(mut top, mut buf), (bi, bj)| {
+                let (r0, c0) = (bi * B, bj * B);
+                let (rows, cols) = (B.min(n - r0), B.min(n - c0));
+                buf.resize(rows * cols, 0.0);
+                matmul_nt(&mut buf, &p.data[r0 * d..(r0 + rows) * d], &p.data[c0 * d..(c0 + cols) * d], rows, cols, d, alpha);
+                for r in 0..rows {
+                    let i = r0 + r;
+                    let line = &mut buf[r * cols..(r + 1) * cols];
+                    if distance == Distance::Euclidean {
+                        let qi = p.sq_norms[i];
+                        line.iter_mut().zip(&p.sq_norms[c0..c0 + cols]).for_each(|(s, g)| *s -= qi + g);
+                    }
+                    // On a diagonal block only the upper triangle is used, so every pair has one score.
+                    let start = if bi == bj { r + 1 } else { 0 };
+                    for (c, &s) in line.iter().enumerate().skip(start) {
+                        if s.is_nan() {
+                            continue;
+                        }
+                        let j = c0 + c;
+                        top.offer(i, s, j as u32);
+                        top.offer(j, s, i as u32);
+                    }
+                }
+                (top, buf)
+            },
+        )
+        .map(|(top, _)| top)
+        .reduce(|| TopLists::new(n, k), TopLists::merge)
+}
+
 /// A query's nearest gallery items.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Neighbours {
@@ -178,6 +276,23 @@ pub struct Neighbours {
 /// same set and item `i` is not its own neighbour.
 pub fn knn(queries: Embeddings<'_>, gallery: Embeddings<'_>, k: usize, distance: Distance, exclude_self: bool) -> Vec<Neighbours> {
     assert_eq!(queries.dim, gallery.dim, "queries and gallery differ in dimension");
+    if exclude_self && std::ptr::eq(queries.data, gallery.data) && k <= u8::MAX as usize {
+        let p = prepare(queries, distance);
+        let top = self_top_k(&p, k, distance);
+        return (0..queries.len())
+            .map(|i| Neighbours {
+                indices: top.row(i).iter().map(|&(_, j)| j as usize).collect(),
+                distances: top
+                    .row(i)
+                    .iter()
+                    .map(|&(s, _)| match distance {
+                        Distance::Cosine => 1.0 - s,
+                        Distance::Euclidean => (-s).max(0.0).sqrt(),
+                    })
+                    .collect(),
+            })
+            .collect();
+    }
     let q = prepare(queries, distance);
     let g = prepare(gallery, distance);
     let out: Vec<std::sync::Mutex<Option<Neighbours>>> = (0..queries.len()).map(|_| std::sync::Mutex::new(None)).collect();
@@ -204,15 +319,11 @@ pub fn recall_at_k(embeddings: Embeddings<'_>, labels: &[usize], ks: &[usize], d
         return vec![0.0; ks.len()];
     }
     let p = prepare(embeddings, distance);
-    // hits[i] = rank (0-based) of the first same-class item, or usize::MAX.
-    let first_hit: Vec<std::sync::atomic::AtomicUsize> = (0..labels.len()).map(|_| std::sync::atomic::AtomicUsize::new(usize::MAX)).collect();
-    for_each_score_row(&p, &p, distance, |i, row| {
-        let top = top_k_of_row(row, kmax, Some(i));
-        if let Some(r) = top.iter().position(|&(j, _)| labels[j] == labels[i]) {
-            first_hit[i].store(r, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    let ranks: Vec<usize> = first_hit.into_iter().map(|a| a.into_inner()).collect();
+    let top = self_top_k(&p, kmax, distance);
+    // Rank (0-based) of the first same-class item, or usize::MAX.
+    let ranks: Vec<usize> = (0..labels.len())
+        .map(|i| top.row(i).iter().position(|&(_, j)| labels[j as usize] == labels[i]).unwrap_or(usize::MAX))
+        .collect();
     ks.iter().map(|&k| 100.0 * ranks.iter().filter(|&&r| r < k).count() as f64 / labels.len() as f64).collect()
 }
 
@@ -352,6 +463,21 @@ mod tests {
         // lower index 1 wins -> rank 1.
         let a = acc_at_k(Embeddings::new(&q, 2), Embeddings::new(&g, 2), &[0, 2], &[1, 2], Distance::Euclidean);
         assert_eq!(a, vec![0.0, 100.0]);
+    }
+
+    #[test]
+    fn symmetric_and_row_paths_agree_across_block_edges() {
+        let mut g = crate::rng::SplitMix64::new(3);
+        let (n, d) = (2500, 4);
+        // Entries of +-1 in 4-d: norms are exactly 2 and every score is exact, and with only 16
+        // distinct vectors ties are everywhere; they must break the same way on both paths.
+        let e: Vec<f32> = (0..n * d).map(|_| (g.below(2) as f32) * 2.0 - 1.0).collect();
+        let copy = e.clone();
+        for dist in [Distance::Cosine, Distance::Euclidean] {
+            let sym = knn(Embeddings::new(&e, d), Embeddings::new(&e, d), 7, dist, true);
+            let rows = knn(Embeddings::new(&e, d), Embeddings::new(&copy, d), 7, dist, true);
+            assert_eq!(sym, rows, "{dist:?}");
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
         // With explicit ticks, only those positions get a label.
         let only_ticks = |v: &f64| ticks.iter().find(|t| (t.0 - v).abs() < 1e-6).map(|t| t.1.clone()).unwrap_or_default();
         let mut mesh = chart.configure_mesh();
-        mesh.x_desc(x_label).y_desc(y_label).light_line_style(RGBColor(235, 235, 235));
+        mesh.x_desc(x_label).y_desc(y_label).light_line_style(RGBColor(240, 240, 240)).max_light_lines(1);
         if !ticks.is_empty() {
             mesh.x_labels(((x1 - x0).ceil() as usize + 1).clamp(2, 50)).x_label_formatter(&only_ticks);
         }

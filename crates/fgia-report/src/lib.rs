@@ -287,6 +287,9 @@ fn table4_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Path) -
         }
     }
     body.push_str("</table>\n");
+    if records.iter().any(|l| !l.record.deviations.is_empty()) {
+        body.push_str("<p class=\"warn\">Δ is measured against the paper's setting. Runs with the deviations listed below (another backbone, a subset of the data, smaller inputs) are not comparable in absolute terms; what carries over is the trend across input sizes.</p>\n");
+    }
     if !paper_pts.is_empty() || !our_pts.is_empty() {
         // Input sizes as evenly spaced categories, labelled with the paper's size.
         let mut sizes: Vec<u32> = paper_pts.iter().map(|p| p.0).chain(our_pts.iter().map(|p| p.0)).collect();
@@ -302,37 +305,41 @@ fn table4_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Path) -
         write(&out.join("table4-accuracy.svg"), &svg)?;
         body.push_str("<p><img src=\"table4-accuracy.svg\" alt=\"Top-1 accuracy against input size, paper and ours\"></p>\n<p class=\"muted\">Our runs are placed at the paper's input size they stand in for; their own input size is in the table.</p>\n");
     }
-    // Protocol and deviations, as recorded.
-    let mut protocols: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for l in records {
-        let p = &l.record.protocol;
-        let key = format!(
-            "<tr><th>Split</th><td>{}</td></tr><tr><th>Training images</th><td>{}</td></tr><tr><th>Test images</th><td>{}</td></tr><tr><th>Test-time augmentation</th><td>{}</td></tr><tr><th>Checkpoint</th><td>{}</td></tr><tr><th>Optimiser</th><td>{}</td></tr><tr><th>Epochs / batch</th><td>{} / {}</td></tr><tr><th>Trained layers</th><td>{}</td></tr>",
-            esc(&p.split),
-            esc(&p.train_transform),
-            esc(&p.eval_transform),
-            esc(&p.tta),
-            esc(&p.checkpoint),
-            esc(&p.optimizer),
-            p.epochs,
-            p.batch_size,
-            esc(&p.trained_layers)
-        );
-        let entry = protocols.entry(key).or_default();
-        for d in &l.record.deviations {
-            if !entry.contains(d) {
-                entry.push(d.clone());
+    // Protocol and deviations, as recorded: what all runs share once, what varies per run.
+    if !records.is_empty() {
+        body.push_str("<h2>Protocol (as recorded)</h2>\n<table>");
+        let fields: [(&str, fn(&ResultRecord) -> String); 6] = [
+            ("Split", |r| r.protocol.split.clone()),
+            ("Test-time augmentation", |r| r.protocol.tta.clone()),
+            ("Checkpoint", |r| r.protocol.checkpoint.clone()),
+            ("Optimiser", |r| r.protocol.optimizer.clone()),
+            ("Epochs / batch", |r| format!("{} / {}", r.protocol.epochs, r.protocol.batch_size)),
+            ("Trained layers", |r| r.protocol.trained_layers.clone()),
+        ];
+        for (name, f) in fields {
+            let mut values: Vec<String> = records.iter().map(|l| f(&l.record)).collect();
+            values.sort();
+            values.dedup();
+            let _ = write!(body, "<tr><th>{name}</th><td>{}</td></tr>", values.iter().map(|v| esc(v)).collect::<Vec<_>>().join("<br>"));
+        }
+        body.push_str("</table>\n<table><tr><th>Input</th><th>Training images</th><th>Test images</th></tr>\n");
+        let mut per: Vec<(u32, String, String)> = records.iter().map(|l| (l.record.resolution, l.record.protocol.train_transform.clone(), l.record.protocol.eval_transform.clone())).collect();
+        per.sort();
+        per.dedup();
+        for (res, tr, ev) in per {
+            let _ = writeln!(body, "<tr><td class=\"num\">{res}</td><td>{}</td><td>{}</td></tr>", esc(&tr), esc(&ev));
+        }
+        body.push_str("</table>\n");
+        let mut deviations: Vec<&String> = Vec::new();
+        for d in records.iter().flat_map(|l| &l.record.deviations) {
+            if !deviations.contains(&d) {
+                deviations.push(d);
             }
         }
-    }
-    for (table, deviations) in protocols {
-        body.push_str("<h2>Protocol (as recorded)</h2>\n<table>");
-        body.push_str(&table);
-        body.push_str("</table>\n");
         if !deviations.is_empty() {
             body.push_str("<h2>Deviations from the paper's setting</h2>\n<ul>\n");
             for d in deviations {
-                let _ = writeln!(body, "<li>{}</li>", esc(&d));
+                let _ = writeln!(body, "<li>{}</li>", esc(d));
             }
             body.push_str("</ul>\n");
         }
@@ -352,7 +359,8 @@ fn run_body(l: &Loaded, out: &Path) -> Result<String, ReportError> {
     let mut body = String::new();
     let _ = writeln!(body, "<table><tr><th>Method</th><td>{}</td></tr><tr><th>Dataset</th><td>{} ({})</td></tr><tr><th>Backbone</th><td>{}</td></tr><tr><th>Input</th><td>{} px</td></tr><tr><th>Seed</th><td>{}</td></tr>", esc(&r.method), esc(&r.dataset), esc(&r.data), esc(&r.backbone), r.resolution, r.seed);
     for (k, v) in &r.metrics {
-        let _ = writeln!(body, "<tr><th>{}</th><td class=\"num\">{v:.2}</td></tr>", esc(k));
+        let shown = if v.fract() == 0.0 && v.abs() < 1e15 { format!("{v:.0}") } else { format!("{v:.2}") };
+        let _ = writeln!(body, "<tr><th>{}</th><td class=\"num\">{shown}</td></tr>", esc(k));
     }
     let _ = writeln!(
         body,

@@ -26,6 +26,21 @@ pub struct EvalOutput {
     pub skipped: usize,
 }
 
+impl EvalOutput {
+    /// Metrics of `[n, classes]` probabilities against the labels.
+    pub fn from_probabilities(probabilities: Vec<f32>, labels: Vec<usize>, num_classes: usize, skipped: usize) -> Self {
+        let predicted = argmax_rows(&probabilities, num_classes);
+        EvalOutput {
+            top1: top_k_accuracy(&probabilities, num_classes, &labels, 1),
+            top5: top_k_accuracy(&probabilities, num_classes, &labels, 5.min(num_classes)),
+            mean_per_class: mean_per_class_accuracy(&predicted, &labels, num_classes),
+            probabilities,
+            labels,
+            skipped,
+        }
+    }
+}
+
 /// Evaluates `model` on `records` in the backend's inference mode.
 ///
 /// With `flip_tta`, each image's probabilities are the mean of the image's and its horizontal
@@ -68,15 +83,7 @@ pub fn evaluate<B: Backend>(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let predicted = argmax_rows(&probabilities, num_classes);
-    Ok(EvalOutput {
-        top1: top_k_accuracy(&probabilities, num_classes, &labels, 1),
-        top5: top_k_accuracy(&probabilities, num_classes, &labels, 5.min(num_classes)),
-        mean_per_class: mean_per_class_accuracy(&predicted, &labels, num_classes),
-        probabilities,
-        labels,
-        skipped,
-    })
+    Ok(EvalOutput::from_probabilities(probabilities, labels, num_classes, skipped))
 }
 
 /// A network applied from stage `from` on (its input is the output of the frozen stages).
@@ -120,13 +127,5 @@ pub fn evaluate_maps<B: Backend>(
         probabilities.extend(p.into_data().to_vec::<f32>().map_err(|e| TrainError::Checkpoint { path: "<evaluation>".into(), message: format!("{e:?}") })?);
         labels.extend(kept.iter().map(|&k| records[chunk[k]].label));
     }
-    let predicted = argmax_rows(&probabilities, num_classes);
-    Ok(EvalOutput {
-        top1: top_k_accuracy(&probabilities, num_classes, &labels, 1),
-        top5: top_k_accuracy(&probabilities, num_classes, &labels, 5.min(num_classes)),
-        mean_per_class: mean_per_class_accuracy(&predicted, &labels, num_classes),
-        probabilities,
-        labels,
-        skipped,
-    })
+    Ok(EvalOutput::from_probabilities(probabilities, labels, num_classes, skipped))
 }

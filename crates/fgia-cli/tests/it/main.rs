@@ -13,26 +13,9 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// 3 classes of 36x36 images, 4 train and 2 test each.
 fn tiny_cub(root: &Path) {
-    let (mut images, mut labels, mut split, mut classes) = (String::new(), String::new(), String::new(), String::new());
-    let mut id = 0;
-    for c in 1..=3u32 {
-        classes.push_str(&format!("{c} {c:03}.bird{c}\n"));
-        for k in 0..6 {
-            id += 1;
-            let rel = format!("{c:03}.bird{c}/{id}.jpg");
-            let img = image::RgbImage::from_fn(36, 30, |x, y| image::Rgb([(c * 70) as u8, ((x + y * k) % 255) as u8, (255 - c * 60) as u8]));
-            let p = root.join("images").join(&rel);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            img.save(&p).expect("save");
-            images.push_str(&format!("{id} {rel}\n"));
-            labels.push_str(&format!("{id} {c}\n"));
-            split.push_str(&format!("{id} {}\n", u8::from(k < 4)));
-        }
-    }
-    for (f, t) in [("images.txt", images), ("image_class_labels.txt", labels), ("train_test_split.txt", split), ("classes.txt", classes)] {
-        std::fs::write(root.join(f), t).expect("write");
-    }
+    fgia_core::testing::write_tiny_cub(root, 3, 4, 2, 36);
 }
 
 const RECIPE: &str = r#"
@@ -89,10 +72,10 @@ fn train_resume_eval_predict_embed_info() {
     assert_eq!(v["epoch"], 2);
     assert_eq!(v["images"], 6);
 
-    let img = data.join("images/001.bird1/1.jpg");
+    let img = data.join("images/001.class1/img1.png");
     let pred = ok(&fgia(&["predict", "--run-dir", run_s, "--top", "3", img.to_str().expect("utf8")]));
     assert_eq!(pred.lines().count(), 4, "{pred}");
-    assert!(pred.contains("bird"), "{pred}");
+    assert!(pred.contains("class"), "{pred}");
 
     let npy = dir.path().join("emb.npy");
     ok(&fgia(&["embed", "--run-dir", run_s, "--format", "cub", "--data-root", data_s, "--split", "all", "--resolution", "32", "--out", npy.to_str().expect("utf8")]));
@@ -102,7 +85,7 @@ fn train_resume_eval_predict_embed_info() {
     assert_eq!(index["labels"].as_array().expect("labels").len(), 18);
 
     let info = ok(&fgia(&["info", "--backbone", "resnet50", "--resolution", "224"]));
-    assert!(info.contains("25557032") && info.contains("4.09"), "{info}");
+    assert!(info.contains("25557032") && info.contains("4.089 GMACs"), "{info}");
 
     let bad = fgia(&["--device", "cuda", "info", "--backbone", "resnet18"]);
     if !cfg!(feature = "cuda") {

@@ -5,39 +5,22 @@ use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use fgia_core::rng::SplitMix64;
 use fgia_nn::{BackboneKind, NetworkConfig};
 use fgia_train::{Outcome, Recipe, RunContext, StepRates, TrainError, read_metrics, sgd, train_and_evaluate, train_step};
 
 type A = Autodiff<Flex>;
 
-/// A tiny CUB-format dataset: 4 classes of coloured, noisy 40x40 images, 6 train and 3 test each.
+/// burn's random generator is global to the process: tests that seed it and then initialise or
+/// train must not interleave, or they draw each other's numbers.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// 4 classes of 40x40 images, 6 train and 3 test each.
 fn tiny_cub(root: &Path) {
-    let (mut images, mut labels, mut split, mut classes) = (String::new(), String::new(), String::new(), String::new());
-    let mut rng = SplitMix64::new(5);
-    let mut id = 0;
-    for c in 1..=4u32 {
-        classes.push_str(&format!("{c} {c:03}.class{c}\n"));
-        for k in 0..9 {
-            id += 1;
-            let rel = format!("{c:03}.class{c}/img{id}.png");
-            let base = [(c * 60) as f32, (255 - c * 50) as f32, ((c * 97) % 255) as f32];
-            let img = image::RgbImage::from_fn(40, 40, |x, y| {
-                let n = (rng.next_f64() * 60.0) as f32 - 30.0;
-                let stripe = if (x / (2 + c) + y) % 2 == 0 { 20.0 } else { -20.0 };
-                image::Rgb([0, 1, 2].map(|i| (base[i] + n + stripe).clamp(0.0, 255.0) as u8))
-            });
-            let p = root.join("images").join(&rel);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            img.save(&p).expect("save");
-            images.push_str(&format!("{id} {rel}\n"));
-            labels.push_str(&format!("{id} {c}\n"));
-            split.push_str(&format!("{id} {}\n", u8::from(k < 6)));
-        }
-    }
-    for (f, t) in [("images.txt", images), ("image_class_labels.txt", labels), ("train_test_split.txt", split), ("classes.txt", classes)] {
-        std::fs::write(root.join(f), t).expect("write");
-    }
+    fgia_core::testing::write_tiny_cub(root, 4, 6, 3, 40);
 }
 
 fn recipe(extra_model: &str, epochs: usize, lr: f64) -> Recipe {
@@ -62,8 +45,8 @@ crop = 32
 [train]
 epochs = {epochs}
 batch_size = 8
-lr = {lr}
-head_lr = {lr}
+lr = {lr:e}
+head_lr = {lr:e}
 weight_decay = 1e-4
 schedule = "cosine"
 warmup_epochs = 0.5
@@ -93,6 +76,7 @@ fn ctx(run_dir: &Path, data: &Path, resume: bool, stop: Option<usize>) -> RunCon
 
 #[test]
 fn a_few_steps_on_a_fixed_batch_lower_its_loss() {
+    let _guard = serial();
     let device = Default::default();
     let mut net = NetworkConfig::new(BackboneKind::ResNet18).with_num_classes(4).with_width_div(16).init::<A>(&device);
     let r = recipe("", 1, 0.05);
@@ -114,6 +98,7 @@ fn a_few_steps_on_a_fixed_batch_lower_its_loss() {
 
 #[test]
 fn a_killed_run_resumes_to_the_same_result() {
+    let _guard = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     tiny_cub(&data);
@@ -143,6 +128,7 @@ fn a_killed_run_resumes_to_the_same_result() {
 
 #[test]
 fn cached_frozen_stages_train_and_resume_exactly() {
+    let _guard = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     tiny_cub(&data);
@@ -163,6 +149,7 @@ fn cached_frozen_stages_train_and_resume_exactly() {
 
 #[test]
 fn a_nan_loss_stops_the_run_with_a_message() {
+    let _guard = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     tiny_cub(&data);
@@ -176,6 +163,7 @@ fn a_nan_loss_stops_the_run_with_a_message() {
 
 #[test]
 fn a_run_folder_is_never_overwritten() {
+    let _guard = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     tiny_cub(&data);
