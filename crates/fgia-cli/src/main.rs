@@ -8,7 +8,7 @@ mod npy;
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Compute device.
@@ -160,5 +160,5 @@ fn run_cuda(command: Command) -> Result<()> {
 
 #[cfg(not(feature = "cuda"))]
 fn run_cuda(_command: Command) -> Result<()> {
-    bail!("this fgia was built without CUDA; rebuild with `cargo build --release -p fgia-cli --features cuda`")
+    anyhow::bail!("this fgia was built without CUDA; rebuild with `cargo build --release -p fgia-cli --features cuda`")
 }
