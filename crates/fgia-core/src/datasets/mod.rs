@@ -375,13 +375,18 @@ pub(crate) fn compact_classes(all: &ClassTable, train: &mut [Record], test: &mut
     table
 }
 
-/// Where the shared test data lives: `$FGIA_DATA`, else `../shared/data` relative to the
-/// workspace root. Returns `None` when neither exists.
+/// The shared folder beside the workspace (`$FGIA_SHARED`, else `../shared`), if it exists.
+pub fn shared_dir(workspace_root: &Path) -> Option<PathBuf> {
+    let p = std::env::var_os("FGIA_SHARED").map(PathBuf::from).unwrap_or_else(|| workspace_root.join("..").join("shared"));
+    p.is_dir().then_some(p)
+}
+
+/// Where the shared real-data subsets live: `$FGIA_DATA`, else `data/` of [`shared_dir`].
+/// Returns `None` when neither exists.
 pub fn shared_data_dir(workspace_root: &Path) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("FGIA_DATA") {
         let p = PathBuf::from(p);
         return p.is_dir().then_some(p);
     }
-    let p = workspace_root.join("..").join("shared").join("data");
-    p.is_dir().then_some(p)
+    shared_dir(workspace_root).map(|s| s.join("data")).filter(|p| p.is_dir())
 }
