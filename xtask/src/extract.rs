@@ -117,11 +117,7 @@ fn check(archive: &Path) -> Result<Vec<Checked>, ExtractError> {
             EntryType::Symlink | EntryType::Link => {
                 let target = entry.link_name().map_err(corrupt)?.ok_or_else(|| unsafe_entry("is a link without a target"))?.into_owned();
                 // A hard link's target is relative to the archive root; a symlink's to its folder.
-                let inside = if entry.header().entry_type() == EntryType::Link {
-                    normal_relative(&target).is_some()
-                } else {
-                    link_stays_inside(&rel, &target)
-                };
+                let inside = if entry.header().entry_type() == EntryType::Link { normal_relative(&target).is_some() } else { link_stays_inside(&rel, &target) };
                 if !inside {
                     return Err(unsafe_entry(&format!("links to '{}', outside the destination", target.display())));
                 }
@@ -192,7 +188,11 @@ fn unpack(archive: &Path, staging: &Path) -> Result<(), ExtractError> {
             EntryType::Symlink => {
                 let target = entry.link_name().map_err(corrupt)?.map(|t| t.into_owned()).unwrap_or_default();
                 if !link_stays_inside(&rel, &target) {
-                    return Err(ExtractError::Unsafe { archive: archive.to_path_buf(), entry: raw.display().to_string(), reason: "changed between passes".into() });
+                    return Err(ExtractError::Unsafe {
+                        archive: archive.to_path_buf(),
+                        entry: raw.display().to_string(),
+                        reason: "changed between passes".into(),
+                    });
                 }
                 std::os::unix::fs::symlink(&target, &out).map_err(io(&out))?;
             }

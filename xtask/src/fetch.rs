@@ -181,11 +181,7 @@ fn fetch_once(agent: &ureq::Agent, url: &str, part: &Path, have: u64, bar: &indi
     if let Some(len) = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok()) {
         bar.set_length(len + if append { have } else { 0 });
     }
-    let mut out = if append {
-        OpenOptions::new().append(true).open(part)?
-    } else {
-        File::create(part)?
-    };
+    let mut out = if append { OpenOptions::new().append(true).open(part)? } else { File::create(part)? };
     let expected = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok());
     let mut reader = resp.into_reader();
     let mut buf = vec![0u8; 1 << 16];
@@ -260,7 +256,15 @@ mod tests {
         assert_eq!(std::fs::read(&dest).expect("read"), body);
         assert!(requests.load(Ordering::SeqCst) >= 2, "the second request resumed");
         let d = digests(&dest).expect("digest");
-        let spec = FileSpec { name: "f".into(), url: url.clone(), size: Some(body.len() as u64), sha256: Some(d.sha256.clone()), md5: Some(d.md5.clone()), extract: false, into: None };
+        let spec = FileSpec {
+            name: "f".into(),
+            url: url.clone(),
+            size: Some(body.len() as u64),
+            sha256: Some(d.sha256.clone()),
+            md5: Some(d.md5.clone()),
+            extract: false,
+            into: None,
+        };
         verify(&dest, &spec).expect("verifies");
         // A flipped byte fails the check and names the file.
         let mut bad = body.clone();

@@ -51,7 +51,7 @@ enum Cmd {
     },
     /// Reproduce a survey table (trains, evaluates, then renders the report).
     Reproduce {
-        /// The table: table4.
+        /// The table: table4 or table5.
         table: String,
         /// The CPU-sized profile on the small shared subsets (default).
         #[arg(long, conflicts_with = "full")]
@@ -213,7 +213,27 @@ fn main() -> Result<()> {
                     }
                     reproduce::table4(&ws, profile, seeds, device, &data_root)?;
                 }
-                other => bail!("unknown table '{other}' (this version reproduces: table4)"),
+                "table5" => {
+                    let roots = match profile {
+                        Profile::Smoke => {
+                            weights::fetch_lite0(&fgia_core::paths::weights_dir())?;
+                            reproduce::table5_smoke_roots(&ws, root.as_deref())?
+                        }
+                        Profile::Full => {
+                            for bb in ["vgg16", "resnet50"] {
+                                weights::fetch_hub(&format!("timm/{bb}.tv_in1k"), "model.safetensors", &fgia_core::paths::hub_cache_dir())?;
+                            }
+                            let downloads = ws.join("datasets").join("downloads");
+                            let cub = match &root {
+                                Some(r) => r.clone(),
+                                None => download::download_dataset(&ws, "cub", &downloads, &[])?,
+                            };
+                            vec![("cub", cub), ("cars", download::download_dataset(&ws, "cars", &downloads, &[])?)]
+                        }
+                    };
+                    reproduce::table5(&ws, profile, seeds, device, &roots)?;
+                }
+                other => bail!("unknown table '{other}' (this version reproduces: table4, table5)"),
             }
             render_report(&ws, &ws.join("results"), &ws.join("reports"))?;
         }

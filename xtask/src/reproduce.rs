@@ -16,10 +16,7 @@ struct Setting {
 }
 
 fn set(v: &mut toml::Value, section: &str, key: &str, value: toml::Value) -> Result<()> {
-    v.get_mut(section)
-        .and_then(|s| s.as_table_mut())
-        .with_context(|| format!("recipe has no [{section}] table"))?
-        .insert(key.to_string(), value);
+    v.get_mut(section).and_then(|s| s.as_table_mut()).with_context(|| format!("recipe has no [{section}] table"))?.insert(key.to_string(), value);
     Ok(())
 }
 
@@ -113,4 +110,97 @@ pub fn smoke_root(ws: &Path, root: Option<&Path>) -> Result<PathBuf> {
     let n = crate::subset::build_cub_subset(&cub, &built)?;
     println!("built {} ({n} images)", built.display());
     Ok(built)
+}
+
+/// The retrieval methods of Table 5, in the survey's order, then the metric-learning baselines.
+const TABLE5_METHODS: [&str; 8] = ["scda", "crl-wsl", "dgcrl", "piecewise-ce", "contrastive", "triplet", "multi-similarity", "proxy-anchor"];
+
+/// Runs Table 5 (content-based retrieval) on CUB-200-2011 and Stanford Cars, or on cub-mini and
+/// cars-mini for the smoke profile. Each dataset's recipes run in one `fgia retrieval` process
+/// so the methods share the backbone's cached feature maps.
+pub fn table5(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[(&str, PathBuf)]) -> Result<()> {
+    let fgia = cli_binary(ws, device)?;
+    let results = ws.join("results").join("table5");
+    let runs = ws.join("results").join("runs").join("table5");
+    std::fs::create_dir_all(&results)?;
+    std::fs::create_dir_all(&runs)?;
+    for (dataset, root) in roots {
+        let mut pending = Vec::new();
+        for method in TABLE5_METHODS {
+            let file = format!("recipes/table5/{method}.toml");
+            let template: toml::Value = toml::from_str(&std::fs::read_to_string(ws.join(&file))?).with_context(|| format!("{file}: invalid TOML"))?;
+            for seed in 0..seeds as u64 {
+                let mut r = template.clone();
+                let mut deviations: Vec<toml::Value> = Vec::new();
+                set(&mut r, "data", "format", toml::Value::String(dataset.to_string()))?;
+                let survey_name = if *dataset == "cars" { "Stanford-Cars" } else { "CUB-200-2011" };
+                set(&mut r, "report", "dataset", toml::Value::String(survey_name.into()))?;
+                if let Some(t) = r.get_mut("train").and_then(|t| t.as_table_mut()) {
+                    t.insert("seed".into(), toml::Value::Integer(seed as i64));
+                }
+                if profile == Profile::Smoke {
+                    let paper_bb = template.get("model").and_then(|m| m.get("backbone")).and_then(|b| b.as_str()).unwrap_or("?").to_string();
+                    set(&mut r, "model", "backbone", toml::Value::String("efficientnet-lite0".into()))?;
+                    deviations.push(format!("EfficientNet-Lite0 (ImageNet) instead of {paper_bb}").into());
+                    let (desc, subset) = if *dataset == "cars" {
+                        ("cars-mini (20 classes: 10 train / 10 test classes)", "cars-mini: 20 of 196 classes, 20 images per class")
+                    } else {
+                        (
+                            "cub-mini (40 classes: 20 train / 20 test classes)",
+                            "cub-mini: 40 of 200 classes (classes 1-20 train, 21-40 test), images downscaled to a 256 px shorter side",
+                        )
+                    };
+                    set(&mut r, "data", "description", toml::Value::String(desc.into()))?;
+                    deviations.push(subset.into());
+                    if let Some(t) = r.get_mut("train").and_then(|t| t.as_table_mut()) {
+                        t.insert("epochs".into(), toml::Value::Integer(30));
+                        t.insert("views".into(), toml::Value::Integer(3));
+                        deviations.push("30 epochs on feature maps of 3 augmented views per training image".into());
+                    }
+                }
+                if let Some(d) = r.get_mut("report").and_then(|t| t.as_table_mut()).and_then(|t| t.get_mut("deviations")).and_then(|d| d.as_array_mut()) {
+                    d.extend(deviations);
+                }
+                let key = format!("{}-{dataset}-{method}-seed{seed}", profile.name());
+                let result = results.join(format!("{key}.json"));
+                if fgia_core::record::ResultRecord::read(&result).is_ok() {
+                    println!("{key}: finished earlier ({}), skipped", result.display());
+                    continue;
+                }
+                let run_dir = runs.join(&key);
+                if run_dir.exists() {
+                    // Killed before its result: retrieval runs restart (seconds to minutes).
+                    std::fs::remove_dir_all(&run_dir)?;
+                }
+                let recipe_path = runs.join(format!("{key}.recipe.toml"));
+                fgia_core::record::write_atomic(&recipe_path, toml::to_string_pretty(&r)?.as_bytes())?;
+                pending.push(recipe_path);
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        println!("Table 5 ({}), {dataset}: {} runs on {}", profile.name(), pending.len(), root.display());
+        let mut cmd = Command::new(&fgia);
+        cmd.arg("--device").arg(device).arg("retrieval").arg("--runs-dir").arg(&runs).arg("--results-dir").arg(&results).arg("--data-root").arg(root);
+        for p in &pending {
+            cmd.arg("--recipe").arg(p);
+        }
+        cmd.env("FGIA_GIT_REV", git_revision(ws));
+        let status = cmd.status().with_context(|| format!("running {}", fgia.display()))?;
+        if !status.success() {
+            bail!("Table 5 on {dataset} failed ({status}); rerun the same command to resume (finished methods are skipped)");
+        }
+    }
+    Ok(())
+}
+
+/// The smoke data of Table 5: cub-mini (as for Table 4) and, when present, cars-mini.
+pub fn table5_smoke_roots(ws: &Path, root: Option<&Path>) -> Result<Vec<(&'static str, PathBuf)>> {
+    let mut roots = vec![("cub", smoke_root(ws, root)?)];
+    match fgia_core::datasets::shared_data_dir(ws).map(|d| d.join("cars-mini")).filter(|p| p.join("devkit").is_dir()) {
+        Some(p) => roots.push(("cars", p)),
+        None => println!("cars-mini not found (set FGIA_DATA or place ../shared/data/cars-mini): Table 5 smoke runs on cub-mini only"),
+    }
+    Ok(roots)
 }

@@ -17,9 +17,7 @@ fn bench(c: &mut Criterion) {
         let (emb, labels) = random_embeddings(n, d, 50, 7);
         // The values, to compare with python/recall_numpy.py (same data).
         eprintln!("n{n}_d{d}: recall@1,2,4,8 = {:?}", recall_at_k(Embeddings::new(&emb, d), &labels, &[1, 2, 4, 8], Distance::Cosine));
-        group.bench_function(format!("n{n}_d{d}"), |b| {
-            b.iter(|| recall_at_k(Embeddings::new(&emb, d), &labels, &[1, 2, 4, 8], Distance::Cosine))
-        });
+        group.bench_function(format!("n{n}_d{d}"), |b| b.iter(|| recall_at_k(Embeddings::new(&emb, d), &labels, &[1, 2, 4, 8], Distance::Cosine)));
     }
     group.finish();
 }

@@ -5,5 +5,5 @@
 set -e
 cd "$(dirname "$0")/.."
 python3 -m venv .venv-bench
-.venv-bench/bin/pip install -q numpy
+.venv-bench/bin/pip install -q numpy faiss-cpu
 .venv-bench/bin/pip install -q torch --index-url https://download.pytorch.org/whl/cpu || .venv-bench/bin/pip install -q torch

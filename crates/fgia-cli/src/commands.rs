@@ -16,6 +16,7 @@ use fgia_train::eval::evaluate;
 use fgia_train::{Outcome, Recipe, RunContext, load_dataset, load_trained, train_and_evaluate};
 use serde::Serialize;
 
+use crate::retrieval;
 use crate::{Command, EmbedArgs, EvalArgs, InfoArgs, PredictArgs, TrainArgs};
 
 /// Runs one command on backend `B` (training uses `Autodiff<B>`).
@@ -26,14 +27,17 @@ pub fn run<B: Backend>(command: Command, device: B::Device, device_name: String)
         Command::Predict(a) => predict::<B>(a, device),
         Command::Embed(a) => embed::<B>(a, device),
         Command::Info(a) => info::<B>(a, device),
+        Command::Retrieval(a) => retrieval::retrieval::<B>(a, device, device_name),
+        Command::Index(a) => retrieval::index::<B>(a, device),
+        Command::Query(a) => retrieval::query::<B>(a, device),
     }
 }
 
-fn git_revision() -> String {
+pub(crate) fn git_revision() -> String {
     std::env::var("FGIA_GIT_REV").unwrap_or_else(|_| "unknown".into())
 }
 
-fn resolve_pretrained(kind: BackboneKind, explicit: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn resolve_pretrained(kind: BackboneKind, explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
@@ -150,7 +154,16 @@ fn predict<B: Backend>(a: PredictArgs, device: B::Device) -> Result<()> {
     let records: Vec<Record> = a
         .images
         .iter()
-        .map(|p| Record { path: p.clone(), label: 0, id: p.display().to_string(), bbox: None, objects: Vec::new(), parts: Vec::new(), levels: Vec::new(), trim_bottom: 0 })
+        .map(|p| Record {
+            path: p.clone(),
+            label: 0,
+            id: p.display().to_string(),
+            bbox: None,
+            objects: Vec::new(),
+            parts: Vec::new(),
+            levels: Vec::new(),
+            trim_bottom: 0,
+        })
         .collect();
     let c = m.transform.crop as usize;
     for (i, rec) in records.iter().enumerate() {

@@ -5,6 +5,7 @@
 
 mod commands;
 mod npy;
+mod retrieval;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,89 @@ enum Command {
     Embed(EmbedArgs),
     /// Parameter count and multiply-accumulates of a backbone at a resolution.
     Info(InfoArgs),
+    /// Run retrieval recipes (Table 5): class-disjoint split, SCDA or a trained embedding,
+    /// Recall@K and mAP, one result record per recipe.
+    Retrieval(RetrievalArgs),
+    /// Index a folder of images (recursively) for retrieval.
+    Index(IndexArgs),
+    /// Search an index with query images: top-K with distances, and an HTML page.
+    Query(QueryArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RetrievalArgs {
+    /// Recipe files (TOML); methods sharing a backbone, dataset and input size share the
+    /// cached feature maps.
+    #[arg(long, required = true)]
+    recipe: Vec<PathBuf>,
+    /// Folder of run folders (one per recipe, named after the recipe file).
+    #[arg(long)]
+    runs_dir: PathBuf,
+    /// Folder of result records (`<recipe name>.json`).
+    #[arg(long)]
+    results_dir: PathBuf,
+    /// Dataset root (overrides the recipes').
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Pretrained weights file (default: resolved from the caches).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Skip recipes whose result record exists.
+    #[arg(long)]
+    skip_existing: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct IndexArgs {
+    /// Folder of images (searched recursively; the parent folder names are the labels).
+    #[arg(long)]
+    images: PathBuf,
+    /// Index file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// ImageNet-pretrained backbone.
+    #[arg(long, default_value = "efficientnet-lite0")]
+    backbone: String,
+    /// Input side.
+    #[arg(long, default_value_t = 224)]
+    resolution: u32,
+    /// Aggregator: scda, scda-plus, scda-flip-plus, gap.
+    #[arg(long, default_value = "scda-plus")]
+    aggregator: String,
+    /// cosine or euclidean.
+    #[arg(long, default_value = "cosine")]
+    distance: String,
+    /// Also build an HNSW graph (approximate search for large galleries).
+    #[arg(long)]
+    hnsw: bool,
+    /// HNSW candidate list size at search time.
+    #[arg(long, default_value_t = 128)]
+    ef_search: usize,
+    /// Pretrained weights file (default: resolved from the caches).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct QueryArgs {
+    /// Index file.
+    #[arg(long)]
+    index: PathBuf,
+    /// Results per query.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Write an HTML page with the query and its results (one page per query image).
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Pretrained weights file (default: resolved from the caches).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Query images.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]

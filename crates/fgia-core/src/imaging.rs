@@ -181,14 +181,7 @@ pub struct Batch {
 ///
 /// Each image draws its augmentation from `(seed, epoch, index)`. An undecodable image is an
 /// error naming the file, or with `skip_bad` a skipped entry of the batch.
-pub fn load_batch(
-    records: &[Record],
-    indices: &[usize],
-    transform: &Transform,
-    seed: u64,
-    epoch: u64,
-    skip_bad: bool,
-) -> Result<Batch> {
+pub fn load_batch(records: &[Record], indices: &[usize], transform: &Transform, seed: u64, epoch: u64, skip_bad: bool) -> Result<Batch> {
     let n = transform.output_len();
     let results: Vec<(usize, Result<Vec<f32>>)> = indices
         .par_iter()
@@ -297,8 +290,7 @@ mod tests {
             out
         };
         assert_eq!(run(&t, 1), run(&t, 1));
-        let distinct: std::collections::HashSet<Vec<u32>> =
-            (0..20).map(|s| run(&t, s).iter().map(|v| v.to_bits()).collect()).collect();
+        let distinct: std::collections::HashSet<Vec<u32>> = (0..20).map(|s| run(&t, s).iter().map(|v| v.to_bits()).collect()).collect();
         assert!(distinct.len() > 5, "random crops should vary with the seed");
         // Forced flip vs no flip on a centre crop: rows are mirrored.
         t.crop_mode = CropMode::Center;

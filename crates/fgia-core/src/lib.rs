@@ -7,6 +7,7 @@
 pub mod datasets;
 pub mod error;
 pub mod imaging;
+pub mod linalg;
 pub mod mat;
 pub mod metrics;
 pub mod paths;

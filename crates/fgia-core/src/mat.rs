@@ -199,11 +199,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn u32_at(&self, at: usize) -> std::result::Result<u32, String> {
-        let b: [u8; 4] = self
-            .bytes
-            .get(at..at + 4)
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| format!("truncated at byte {at}"))?;
+        let b: [u8; 4] = self.bytes.get(at..at + 4).and_then(|s| s.try_into().ok()).ok_or_else(|| format!("truncated at byte {at}"))?;
         Ok(if self.big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
     }
 
@@ -227,9 +223,10 @@ impl<'a> Cursor<'a> {
         let n = self.u32_at(self.pos + 4)? as usize;
         let start = self.pos + 8;
         let end = start.checked_add(n).ok_or("element size overflows")?;
-        let data = self.bytes.get(start..end).ok_or_else(|| {
-            format!("element at byte {} claims {n} bytes, {} remain", self.pos, self.bytes.len() - start.min(self.bytes.len()))
-        })?;
+        let data = self
+            .bytes
+            .get(start..end)
+            .ok_or_else(|| format!("element at byte {} claims {n} bytes, {} remain", self.pos, self.bytes.len() - start.min(self.bytes.len())))?;
         // Compressed elements are not padded; all others are padded to 8 bytes.
         self.pos = if ty == MI_COMPRESSED { end } else { start + n.div_ceil(8) * 8 };
         Ok((ty, data))
@@ -295,10 +292,7 @@ fn parse_matrix(data: &[u8], big_endian: bool) -> std::result::Result<(String, M
             if len == 0 {
                 return Err("struct field name length 0".into());
             }
-            let fields: Vec<String> = names
-                .chunks(len)
-                .map(|n| String::from_utf8_lossy(n.split(|&b| b == 0).next().unwrap_or(&[])).into_owned())
-                .collect();
+            let fields: Vec<String> = names.chunks(len).map(|n| String::from_utf8_lossy(n.split(|&b| b == 0).next().unwrap_or(&[])).into_owned()).collect();
             let mut items = Vec::with_capacity(count);
             for _ in 0..count {
                 let mut item = BTreeMap::new();
@@ -325,9 +319,7 @@ fn parse_matrix(data: &[u8], big_endian: bool) -> std::result::Result<(String, M
                 return Err(format!("char array '{name}' has {} codes for {m}x{n}", codes.len()));
             }
             // Column-major: code (i, j) sits at j * m + i.
-            let rows = (0..m)
-                .map(|i| (0..n).filter_map(|j| char::from_u32(codes[j * m + i])).collect::<String>())
-                .collect();
+            let rows = (0..m).map(|i| (0..n).filter_map(|j| char::from_u32(codes[j * m + i])).collect::<String>()).collect();
             MatValue::Char { dims, rows }
         }
         MX_DOUBLE..=MX_UINT64 => {
@@ -472,11 +464,7 @@ pub mod write {
 
     /// A `1 x n` struct array with the given fields.
     pub fn struct_row(fields: &[&str], items: Vec<BTreeMap<String, MatValue>>) -> MatValue {
-        MatValue::Struct {
-            dims: vec![1, items.len()],
-            fields: fields.iter().map(|s| s.to_string()).collect(),
-            items,
-        }
+        MatValue::Struct { dims: vec![1, items.len()], fields: fields.iter().map(|s| s.to_string()).collect(), items }
     }
 }
 
@@ -542,7 +530,7 @@ mod tests {
             let mut v = ty.to_le_bytes().to_vec();
             v.extend_from_slice(&(data.len() as u32).to_le_bytes());
             v.extend_from_slice(data);
-            while v.len() % 8 != 0 {
+            while !v.len().is_multiple_of(8) {
                 v.push(0);
             }
             v

@@ -6,9 +6,7 @@
 /// Indices of the `k` highest scores of one row, best first; ties go to the lower index.
 pub fn top_k_indices(scores: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    let better = |a: &usize, b: &usize| {
-        scores[*b].partial_cmp(&scores[*a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(b))
-    };
+    let better = |a: &usize, b: &usize| scores[*b].partial_cmp(&scores[*a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(b));
     let k = k.min(scores.len());
     if k == 0 {
         return Vec::new();
@@ -28,11 +26,7 @@ pub fn top_k_accuracy(scores: &[f32], num_classes: usize, labels: &[usize], k: u
     if labels.is_empty() {
         return 0.0;
     }
-    let hits = scores
-        .chunks_exact(num_classes)
-        .zip(labels)
-        .filter(|(row, l)| top_k_indices(row, k).contains(l))
-        .count();
+    let hits = scores.chunks_exact(num_classes).zip(labels).filter(|(row, l)| top_k_indices(row, k).contains(l)).count();
     100.0 * hits as f64 / labels.len() as f64
 }
 

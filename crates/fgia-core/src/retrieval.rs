@@ -49,7 +49,7 @@ pub struct Embeddings<'a> {
 impl<'a> Embeddings<'a> {
     /// Wraps `data`, checking that it holds whole rows.
     pub fn new(data: &'a [f32], dim: usize) -> Self {
-        assert!(dim > 0 && data.len() % dim == 0, "embedding buffer of {} floats is not [n, {dim}]", data.len());
+        assert!(dim > 0 && data.len().is_multiple_of(dim), "embedding buffer of {} floats is not [n, {dim}]", data.len());
         Embeddings { data, dim }
     }
 
@@ -218,6 +218,46 @@ impl TopLists {
     }
 }
 
+/// The `k` best gallery items of every query: tiles of queries x gallery items are multiplied
+/// (each tile one matrix product, tiles in parallel), so the gallery is read once per block of
+/// 256 queries whatever its size, and each tile's scores are offered to the queries' lists.
+/// With `exclude_self`, query `i` skips gallery item `i`.
+fn tiled_top_k(q: &Prepared, g: &Prepared, k: usize, distance: Distance, exclude_self: bool) -> TopLists {
+    let (nq, ng, d) = (q.data.len() / q.dim, g.data.len() / g.dim, q.dim);
+    const QB: usize = 256;
+    const GB: usize = 4096;
+    let pairs: Vec<(usize, usize)> = (0..nq.div_ceil(QB)).flat_map(|i| (0..ng.div_ceil(GB)).map(move |j| (i, j))).collect();
+    let alpha = if distance == Distance::Cosine { 1.0 } else { 2.0 };
+    pairs
+        .into_par_iter()
+        .fold(
+            || (TopLists::new(nq, k), Vec::<f32>::new()),
+            |(mut top, mut buf), (bi, bj)| {
+                let (r0, c0) = (bi * QB, bj * GB);
+                let (rows, cols) = (QB.min(nq - r0), GB.min(ng - c0));
+                buf.resize(rows * cols, 0.0);
+                matmul_nt(&mut buf, &q.data[r0 * d..(r0 + rows) * d], &g.data[c0 * d..(c0 + cols) * d], rows, cols, d, alpha);
+                for r in 0..rows {
+                    let i = r0 + r;
+                    let line = &mut buf[r * cols..(r + 1) * cols];
+                    if distance == Distance::Euclidean {
+                        line.iter_mut().zip(&g.sq_norms[c0..c0 + cols]).for_each(|(s, gn)| *s -= gn);
+                    }
+                    for (c, &s) in line.iter().enumerate() {
+                        let j = c0 + c;
+                        if s.is_nan() || (exclude_self && j == i) {
+                            continue;
+                        }
+                        top.offer(i, s, j as u32);
+                    }
+                }
+                (top, buf)
+            },
+        )
+        .map(|(top, _)| top)
+        .reduce(|| TopLists::new(nq, k), TopLists::merge)
+}
+
 /// The `k` best other items of every item of one set, using the symmetry of the score matrix:
 /// only blocks on or above the diagonal are multiplied, and each score is offered to both its
 /// row and its column (half the arithmetic of a full product). Scores are `x_i . x_j` (cosine)
@@ -295,6 +335,22 @@ pub fn knn(queries: Embeddings<'_>, gallery: Embeddings<'_>, k: usize, distance:
     }
     let q = prepare(queries, distance);
     let g = prepare(gallery, distance);
+    if k <= u8::MAX as usize {
+        let top = tiled_top_k(&q, &g, k, distance, exclude_self);
+        return (0..queries.len())
+            .map(|i| Neighbours {
+                indices: top.row(i).iter().map(|&(_, j)| j as usize).collect(),
+                distances: top
+                    .row(i)
+                    .iter()
+                    .map(|&(s, _)| match distance {
+                        Distance::Cosine => 1.0 - s,
+                        Distance::Euclidean => (q.sq_norms[i] - s).max(0.0).sqrt(),
+                    })
+                    .collect(),
+            })
+            .collect();
+    }
     let out: Vec<std::sync::Mutex<Option<Neighbours>>> = (0..queries.len()).map(|_| std::sync::Mutex::new(None)).collect();
     for_each_score_row(&q, &g, distance, |i, row| {
         let top = top_k_of_row(row, k, exclude_self.then_some(i));
@@ -321,9 +377,7 @@ pub fn recall_at_k(embeddings: Embeddings<'_>, labels: &[usize], ks: &[usize], d
     let p = prepare(embeddings, distance);
     let top = self_top_k(&p, kmax, distance);
     // Rank (0-based) of the first same-class item, or usize::MAX.
-    let ranks: Vec<usize> = (0..labels.len())
-        .map(|i| top.row(i).iter().position(|&(_, j)| labels[j as usize] == labels[i]).unwrap_or(usize::MAX))
-        .collect();
+    let ranks: Vec<usize> = (0..labels.len()).map(|i| top.row(i).iter().position(|&(_, j)| labels[j as usize] == labels[i]).unwrap_or(usize::MAX)).collect();
     ks.iter().map(|&k| 100.0 * ranks.iter().filter(|&&r| r < k).count() as f64 / labels.len() as f64).collect()
 }
 
@@ -340,8 +394,7 @@ pub struct MeanAp {
 fn average_precision(row: &[f32], labels: &[usize], query: usize) -> Option<f64> {
     let label = labels[query];
     // Positives sorted best first (score desc, index asc).
-    let mut pos: Vec<(f32, usize)> =
-        row.iter().enumerate().filter(|&(j, _)| j != query && labels[j] == label).map(|(j, &s)| (s, j)).collect();
+    let mut pos: Vec<(f32, usize)> = row.iter().enumerate().filter(|&(j, _)| j != query && labels[j] == label).map(|(j, &s)| (s, j)).collect();
     if pos.is_empty() {
         return None;
     }

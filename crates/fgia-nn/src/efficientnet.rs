@@ -53,12 +53,7 @@ fn bn<B: Backend>(c: usize, device: &B::Device) -> BatchNorm<B> {
 }
 
 fn conv<B: Backend>(i: usize, o: usize, k: usize, stride: usize, groups: usize, device: &B::Device) -> Conv2d<B> {
-    Conv2dConfig::new([i, o], [k, k])
-        .with_stride([stride, stride])
-        .with_groups(groups)
-        .with_padding(PaddingConfig2d::Same)
-        .with_bias(false)
-        .init(device)
+    Conv2dConfig::new([i, o], [k, k]).with_stride([stride, stride]).with_groups(groups).with_padding(PaddingConfig2d::Same).with_bias(false).init(device)
 }
 
 impl EfficientNetLiteConfig {

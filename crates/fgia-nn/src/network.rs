@@ -5,8 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::nn::{Linear, LinearConfig};
-use fgia_core::imaging::Normalize;
 use burn::prelude::*;
+use fgia_core::imaging::Normalize;
 use serde::{Deserialize, Serialize};
 
 use crate::efficientnet::{EfficientNetLite, EfficientNetLiteConfig};
@@ -152,17 +152,19 @@ impl NetworkConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Network<B> {
         match self.kind {
             BackboneKind::ResNet18 | BackboneKind::ResNet50 | BackboneKind::ResNet101 => Network::ResNet(self.resnet().init(device)),
-            BackboneKind::Vgg16 => {
-                Network::Vgg16(Vgg16Config::new().with_num_classes(self.num_classes).with_width_div(self.width_div).init(device))
+            BackboneKind::Vgg16 => Network::Vgg16(Vgg16Config::new().with_num_classes(self.num_classes).with_width_div(self.width_div).init(device)),
+            BackboneKind::EfficientNetLite0 => {
+                Network::EfficientNetLite(EfficientNetLiteConfig::new().with_num_classes(self.num_classes).with_width_div(self.width_div).init(device))
             }
-            BackboneKind::EfficientNetLite0 => Network::EfficientNetLite(
-                EfficientNetLiteConfig::new().with_num_classes(self.num_classes).with_width_div(self.width_div).init(device),
-            ),
         }
     }
 }
 
 /// Any supported backbone with its classifier head.
+///
+/// The variants differ in size (a ResNet holds its blocks in vectors, VGG-16 its layers inline);
+/// a network exists a few times per process, so they are not boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Network<B: Backend> {
     /// A ResNet.

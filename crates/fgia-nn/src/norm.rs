@@ -169,7 +169,12 @@ mod tests {
     #[test]
     fn folded_conv_bn_matches_separate_ops_for_every_padding() {
         let device = Default::default();
-        for (k, s, pad, groups) in [(3, 2, PaddingConfig2d::Same, 6), (3, 1, PaddingConfig2d::Explicit(1, 1, 1, 1), 1), (1, 1, PaddingConfig2d::Valid, 1), (5, 2, PaddingConfig2d::Same, 1)] {
+        for (k, s, pad, groups) in [
+            (3, 2, PaddingConfig2d::Same, 6),
+            (3, 1, PaddingConfig2d::Explicit(1, 1, 1, 1), 1),
+            (1, 1, PaddingConfig2d::Valid, 1),
+            (5, 2, PaddingConfig2d::Same, 1),
+        ] {
             let conv = Conv2dConfig::new([6, 6], [k, k]).with_stride([s, s]).with_padding(pad).with_groups(groups).with_bias(groups == 1).init::<Flex>(&device);
             let bn = randomised_bn::<Flex>(6, &device);
             let x = Tensor::<Flex, 4>::random([2, 6, 9, 8], Distribution::Normal(0.0, 1.0), &device);

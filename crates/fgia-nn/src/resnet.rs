@@ -69,11 +69,7 @@ impl ResNetConfig {
         let mut layers = layers.into_iter();
         let mut next = || layers.next().expect("four stages were built");
         ResNet {
-            conv1: Conv2dConfig::new([3, w], [7, 7])
-                .with_stride([2, 2])
-                .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
-                .with_bias(false)
-                .init(device),
+            conv1: Conv2dConfig::new([3, w], [7, 7]).with_stride([2, 2]).with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3)).with_bias(false).init(device),
             bn1: BatchNormConfig::new(w).init(device),
             maxpool: MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(),
             layer1: next(),
@@ -87,17 +83,12 @@ impl ResNetConfig {
 
 fn conv(in_ch: usize, out_ch: usize, k: usize, stride: usize) -> Conv2dConfig {
     let p = k / 2;
-    Conv2dConfig::new([in_ch, out_ch], [k, k])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-        .with_bias(false)
+    Conv2dConfig::new([in_ch, out_ch], [k, k]).with_stride([stride, stride]).with_padding(PaddingConfig2d::Explicit(p, p, p, p)).with_bias(false)
 }
 
 fn block<B: Backend>(in_ch: usize, width: usize, out_ch: usize, stride: usize, bottleneck: bool, device: &B::Device) -> Block<B> {
-    let downsample = (stride != 1 || in_ch != out_ch).then(|| Downsample {
-        conv: conv(in_ch, out_ch, 1, stride).init(device),
-        bn: BatchNormConfig::new(out_ch).init(device),
-    });
+    let downsample = (stride != 1 || in_ch != out_ch)
+        .then(|| Downsample { conv: conv(in_ch, out_ch, 1, stride).init(device), bn: BatchNormConfig::new(out_ch).init(device) });
     if bottleneck {
         Block {
             conv1: conv(in_ch, width, 1, 1).init(device),

@@ -54,11 +54,7 @@ impl Vgg16Config {
                 conv
             })
             .collect();
-        Vgg16 {
-            convs,
-            pool: MaxPool2dConfig::new([2, 2]).init(),
-            head: LinearConfig::new(self.feature_dim(), self.num_classes).init(device),
-        }
+        Vgg16 { convs, pool: MaxPool2dConfig::new([2, 2]).init(), head: LinearConfig::new(self.feature_dim(), self.num_classes).init(device) }
     }
 }
 

@@ -10,8 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::prelude::*;
 use burn::module::ParamId;
+use burn::prelude::*;
 use burn_store::pytorch::PytorchReader;
 use burn_store::{KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot};
 use regex::Regex;
@@ -50,11 +50,7 @@ pub fn resnet_remaps() -> Rules {
 /// linear head on pooled conv5_3 features is always new.
 pub fn vgg16_remaps() -> Rules {
     Rules {
-        remaps: VGG16_TORCHVISION_INDEX
-            .iter()
-            .enumerate()
-            .map(|(n, i)| (format!(r"^features\.{i}\."), format!("convs.{n}.")))
-            .collect(),
+        remaps: VGG16_TORCHVISION_INDEX.iter().enumerate().map(|(n, i)| (format!(r"^features\.{i}\."), format!("convs.{n}."))).collect(),
         ignore_unused: vec![r"^classifier\.".into(), r"^pre_logits\.".into(), r"^head\.".into(), BN_COUNTER.into()],
         allow_missing: vec![r"^head\.".into()],
     }
@@ -104,9 +100,7 @@ fn read_pth(path: &Path) -> Result<Vec<TensorSnapshot>, String> {
                 let data = snap.to_data().map_err(|e| format!("{key}: {e:?}"))?;
                 let size = data.dtype.size();
                 let elements: Vec<&[u8]> = data.as_bytes().chunks_exact(size).collect();
-                let ordered = layout
-                    .to_row_major(&elements)
-                    .ok_or_else(|| format!("{key}: a view into a larger storage is not supported"))?;
+                let ordered = layout.to_row_major(&elements).ok_or_else(|| format!("{key}: a view into a larger storage is not supported"))?;
                 let bytes: Vec<u8> = ordered.concat();
                 let fixed = TensorData::from_bytes_vec(bytes, data.shape.clone(), data.dtype);
                 TensorSnapshot::from_data(fixed, path_stack, Vec::new(), ParamId::new())
@@ -135,11 +129,7 @@ pub fn load_module<B: Backend, M: ModuleSnapshot<B>>(module: &mut M, path: &Path
     let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     let result = match ext.as_str() {
         "safetensors" => {
-            let mut store = SafetensorsStore::from_file(path)
-                .with_from_adapter(PyTorchToBurnAdapter)
-                .remap(remapper)
-                .allow_partial(true)
-                .validate(false);
+            let mut store = SafetensorsStore::from_file(path).with_from_adapter(PyTorchToBurnAdapter).remap(remapper).allow_partial(true).validate(false);
             module.load_from(&mut store).map_err(|e| read_err(e.to_string()))?
         }
         "pth" | "pt" | "bin" | "ckpt" => {
@@ -158,14 +148,9 @@ pub fn load_module<B: Backend, M: ModuleSnapshot<B>>(module: &mut M, path: &Path
         let alt = |suffix: &str, burn: &str| k.strip_suffix(suffix).is_some_and(|stem| applied.contains(format!("{stem}{burn}").as_str()));
         alt(".weight", ".gamma") || alt(".bias", ".beta")
     };
-    let (ignored, unexpected): (Vec<String>, Vec<String>) = result
-        .unused
-        .iter()
-        .filter(|k| !consumed(k))
-        .cloned()
-        .partition(|k| ignore.iter().any(|r| r.is_match(k)));
-    let (kept, missing): (Vec<String>, Vec<String>) =
-        result.missing.iter().map(|(k, _)| k.clone()).partition(|k| allow_missing.iter().any(|r| r.is_match(k)));
+    let (ignored, unexpected): (Vec<String>, Vec<String>) =
+        result.unused.iter().filter(|k| !consumed(k)).cloned().partition(|k| ignore.iter().any(|r| r.is_match(k)));
+    let (kept, missing): (Vec<String>, Vec<String>) = result.missing.iter().map(|(k, _)| k.clone()).partition(|k| allow_missing.iter().any(|r| r.is_match(k)));
     if !unexpected.is_empty() || !missing.is_empty() || !result.errors.is_empty() {
         let mut details = String::new();
         for k in &missing {

@@ -21,7 +21,18 @@ pub struct Series {
 }
 
 fn colour(i: usize) -> RGBColor {
-    [RGBColor(90, 90, 90), RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)][i % 5]
+    [
+        RGBColor(90, 90, 90),
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(23, 190, 207),
+        RGBColor(188, 189, 34),
+    ][i % 10]
 }
 
 /// A line chart with points and error bars, as SVG text.

@@ -8,6 +8,7 @@
 
 pub mod charts;
 pub mod reference;
+pub mod table5;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -91,7 +92,7 @@ pub fn load_records(results: &Path) -> (Vec<Loaded>, Vec<String>) {
     (ok, bad)
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
@@ -109,13 +110,13 @@ fn page(title: &str, nav: &str, body: &str) -> String {
     )
 }
 
-fn write(path: &Path, text: &str) -> Result<(), ReportError> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), ReportError> {
     write_atomic(path, text.as_bytes())?;
     Ok(())
 }
 
 /// A stable file name for a record's run page.
-fn run_page_name(l: &Loaded) -> String {
+pub(crate) fn run_page_name(l: &Loaded) -> String {
     let stem = l.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     format!("run-{}-{}.html", l.record.table, stem)
 }
@@ -150,7 +151,7 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
     let reference = read_reference(reference_csv)?;
     let (records, unreadable) = load_records(results);
     let mut summary = Summary { records: records.len(), unreadable, ..Default::default() };
-    let nav = "<a href=\"index.html\">Index</a><a href=\"table4.html\">Table 4</a>";
+    let nav = "<a href=\"index.html\">Index</a><a href=\"table4.html\">Table 4</a><a href=\"table5.html\">Table 5</a>";
 
     // Table 4: accuracy against input size.
     let t4: Vec<&Loaded> = records.iter().filter(|l| l.record.table == "table4").collect();
@@ -158,6 +159,13 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
     let body = table4_body(&t4, &t4_ref, out)?;
     write(&out.join("table4.html"), &page("Table 4: input resolution and accuracy (CUB-200-2011)", nav, &body))?;
     summary.pages.push(out.join("table4.html"));
+
+    // Table 5: content-based retrieval.
+    let t5: Vec<&Loaded> = records.iter().filter(|l| l.record.table == "table5").collect();
+    let t5_ref: Vec<&ReferenceValue> = reference.iter().filter(|r| r.table == "T5").collect();
+    let body = table5::table5_body(&t5, &t5_ref, out)?;
+    write(&out.join("table5.html"), &page("Table 5: content-based fine-grained retrieval (Recall@K)", nav, &body))?;
+    summary.pages.push(out.join("table5.html"));
 
     // One page per run.
     for l in &records {
@@ -174,12 +182,21 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
         m
     });
     body.push_str("<p>Reproductions of the tables of Wei et al., <i>Fine-Grained Image Analysis with Deep Learning: A Survey</i>, IEEE TPAMI 2022. Every number of ours is computed from a result record; every paper value is shown with its provenance.</p>\n<h2>Tables</h2>\n<ul>\n");
-    let _ = writeln!(body, "<li><a href=\"table4.html\">Table 4</a>: input resolution study, vanilla fine-tuning on CUB-200-2011 ({} runs)</li>", by_table.get("table4").copied().unwrap_or(0));
+    let _ = writeln!(
+        body,
+        "<li><a href=\"table4.html\">Table 4</a>: input resolution study, vanilla fine-tuning on CUB-200-2011 ({} runs)</li>",
+        by_table.get("table4").copied().unwrap_or(0)
+    );
+    let _ = writeln!(
+        body,
+        "<li><a href=\"table5.html\">Table 5</a>: content-based retrieval, Recall@K on CUB-200-2011 and Stanford Cars ({} runs)</li>",
+        by_table.get("table5").copied().unwrap_or(0)
+    );
     body.push_str("</ul>\n<h2>Runs</h2>\n");
     if records.is_empty() {
         body.push_str("<p class=\"warn\">No result records yet. Run <code>cargo xtask reproduce table4 --smoke</code>.</p>\n");
     } else {
-        body.push_str("<table><tr><th>Table</th><th>Method</th><th>Data</th><th>Backbone</th><th>Input</th><th>Seed</th><th>Top-1</th><th>Device</th><th>Wall time</th></tr>\n");
+        body.push_str("<table><tr><th>Table</th><th>Method</th><th>Data</th><th>Backbone</th><th>Input</th><th>Seed</th><th>Top-1 / R@1</th><th>Device</th><th>Wall time</th></tr>\n");
         for l in &records {
             let r = &l.record;
             let _ = writeln!(
@@ -192,7 +209,7 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
                 esc(&r.backbone),
                 r.resolution,
                 r.seed,
-                r.metrics.get("top1").map(|v| format!("{v:.2}")).unwrap_or_default(),
+                r.metrics.get("top1").or_else(|| r.metrics.get("recall@1")).map(|v| format!("{v:.2}")).unwrap_or_default(),
                 esc(&r.device),
                 r.wall_time_s
             );
@@ -248,7 +265,8 @@ fn table4_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Path) -
         if let Some(p) = paper {
             paper_pts.push((res, p.value));
         }
-        let ours: Vec<usize> = summary.as_ref().map(|df| (0..df.height()).filter(|&i| get_u64(df, "paper_resolution", i) == Some(res as u64)).collect()).unwrap_or_default();
+        let ours: Vec<usize> =
+            summary.as_ref().map(|df| (0..df.height()).filter(|&i| get_u64(df, "paper_resolution", i) == Some(res as u64)).collect()).unwrap_or_default();
         let paper_cells = match paper {
             Some(p) => format!(
                 "<td class=\"num\">{:.1}</td><td class=\"{}\">{}</td>",
@@ -296,9 +314,19 @@ fn table4_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Path) -
         sizes.sort();
         sizes.dedup();
         let pos = |r: u32| sizes.iter().position(|&s| s == r).unwrap_or(0) as f64;
-        let mut series = vec![Series { label: "paper (ResNet-50, full CUB)".into(), points: paper_pts.iter().map(|&(r, v)| (pos(r), v, 0.0)).collect(), colour: 0, dashed: true }];
+        let mut series = vec![Series {
+            label: "paper (ResNet-50, full CUB)".into(),
+            points: paper_pts.iter().map(|&(r, v)| (pos(r), v, 0.0)).collect(),
+            colour: 0,
+            dashed: true,
+        }];
         if !our_pts.is_empty() {
-            series.push(Series { label: "ours (mean ± std over seeds)".into(), points: our_pts.iter().map(|&(r, m, s)| (pos(r), m, s)).collect(), colour: 1, dashed: false });
+            series.push(Series {
+                label: "ours (mean ± std over seeds)".into(),
+                points: our_pts.iter().map(|&(r, m, s)| (pos(r), m, s)).collect(),
+                colour: 1,
+                dashed: false,
+            });
         }
         let ticks: Vec<(f64, String)> = sizes.iter().map(|&r| (pos(r), r.to_string())).collect();
         let svg = line_chart("Top-1 accuracy against input size", "input size of the paper's setting (px)", "top-1 accuracy (%)", &series, Some(&ticks))?;
@@ -308,7 +336,8 @@ fn table4_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Path) -
     // Protocol and deviations, as recorded: what all runs share once, what varies per run.
     if !records.is_empty() {
         body.push_str("<h2>Protocol (as recorded)</h2>\n<table>");
-        let fields: [(&str, fn(&ResultRecord) -> String); 6] = [
+        type Field = (&'static str, fn(&ResultRecord) -> String);
+        let fields: [Field; 6] = [
             ("Split", |r| r.protocol.split.clone()),
             ("Test-time augmentation", |r| r.protocol.tta.clone()),
             ("Checkpoint", |r| r.protocol.checkpoint.clone()),
@@ -323,7 +352,8 @@ fn table4_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Path) -
             let _ = write!(body, "<tr><th>{name}</th><td>{}</td></tr>", values.iter().map(|v| esc(v)).collect::<Vec<_>>().join("<br>"));
         }
         body.push_str("</table>\n<table><tr><th>Input</th><th>Training images</th><th>Test images</th></tr>\n");
-        let mut per: Vec<(u32, String, String)> = records.iter().map(|l| (l.record.resolution, l.record.protocol.train_transform.clone(), l.record.protocol.eval_transform.clone())).collect();
+        let mut per: Vec<(u32, String, String)> =
+            records.iter().map(|l| (l.record.resolution, l.record.protocol.train_transform.clone(), l.record.protocol.eval_transform.clone())).collect();
         per.sort();
         per.dedup();
         for (res, tr, ev) in per {
@@ -347,7 +377,14 @@ fn table4_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Path) -
     if !records.is_empty() {
         body.push_str("<h2>Runs</h2>\n<ul>\n");
         for l in records {
-            let _ = writeln!(body, "<li><a href=\"{}\">{} px, seed {}</a>: top-1 {:.2}%</li>", run_page_name(l), l.record.resolution, l.record.seed, l.record.metrics.get("top1").copied().unwrap_or(f64::NAN));
+            let _ = writeln!(
+                body,
+                "<li><a href=\"{}\">{} px, seed {}</a>: top-1 {:.2}%</li>",
+                run_page_name(l),
+                l.record.resolution,
+                l.record.seed,
+                l.record.metrics.get("top1").copied().unwrap_or(f64::NAN)
+            );
         }
         body.push_str("</ul>\n");
     }
@@ -357,7 +394,16 @@ fn table4_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Path) -
 fn run_body(l: &Loaded, out: &Path) -> Result<String, ReportError> {
     let r = &l.record;
     let mut body = String::new();
-    let _ = writeln!(body, "<table><tr><th>Method</th><td>{}</td></tr><tr><th>Dataset</th><td>{} ({})</td></tr><tr><th>Backbone</th><td>{}</td></tr><tr><th>Input</th><td>{} px</td></tr><tr><th>Seed</th><td>{}</td></tr>", esc(&r.method), esc(&r.dataset), esc(&r.data), esc(&r.backbone), r.resolution, r.seed);
+    let _ = writeln!(
+        body,
+        "<table><tr><th>Method</th><td>{}</td></tr><tr><th>Dataset</th><td>{} ({})</td></tr><tr><th>Backbone</th><td>{}</td></tr><tr><th>Input</th><td>{} px</td></tr><tr><th>Seed</th><td>{}</td></tr>",
+        esc(&r.method),
+        esc(&r.dataset),
+        esc(&r.data),
+        esc(&r.backbone),
+        r.resolution,
+        r.seed
+    );
     for (k, v) in &r.metrics {
         let shown = if v.fract() == 0.0 && v.abs() < 1e15 { format!("{v:.0}") } else { format!("{v:.2}") };
         let _ = writeln!(body, "<tr><th>{}</th><td class=\"num\">{shown}</td></tr>", esc(k));
@@ -376,20 +422,31 @@ fn run_body(l: &Loaded, out: &Path) -> Result<String, ReportError> {
     match read_metrics(&run_dir) {
         Ok(m) if !m.is_empty() => {
             let stem = run_page_name(l).trim_end_matches(".html").to_string();
-            let loss = Series { label: "training loss".into(), points: m.iter().map(|e| (e.epoch as f64, e.train_loss, 0.0)).collect(), colour: 2, dashed: false };
-            let svg = line_chart("Training loss per epoch", "epoch", "cross-entropy", &[loss], None)?;
+            let loss =
+                Series { label: "training loss".into(), points: m.iter().map(|e| (e.epoch as f64, e.train_loss, 0.0)).collect(), colour: 2, dashed: false };
+            let svg = line_chart("Training loss per epoch", "epoch", if r.table == "table5" { "loss" } else { "cross-entropy" }, &[loss], None)?;
             write(&out.join(format!("{stem}-loss.svg")), &svg)?;
-            let mut acc = vec![Series { label: "training top-1 (augmented batches)".into(), points: m.iter().map(|e| (e.epoch as f64, e.train_top1, 0.0)).collect(), colour: 1, dashed: false }];
+            let train_label =
+                if r.table == "table5" { "training-batch Recall@1 (nearest other item of the batch)" } else { "training top-1 (augmented batches)" };
+            let mut acc =
+                vec![Series { label: train_label.into(), points: m.iter().map(|e| (e.epoch as f64, e.train_top1, 0.0)).collect(), colour: 1, dashed: false }];
             let test: Vec<(f64, f64, f64)> = m.iter().filter_map(|e| e.test_top1.map(|t| (e.epoch as f64, t, 0.0))).collect();
             if !test.is_empty() {
                 acc.push(Series { label: "test top-1 (curve only)".into(), points: test, colour: 3, dashed: false });
             }
-            let svg = line_chart("Accuracy per epoch", "epoch", "top-1 (%)", &acc, None)?;
+            let svg = line_chart("Accuracy per epoch", "epoch", if r.table == "table5" { "%" } else { "top-1 (%)" }, &acc, None)?;
             write(&out.join(format!("{stem}-accuracy.svg")), &svg)?;
-            let _ = writeln!(body, "<h2>Training curves</h2>\n<p><img src=\"{stem}-loss.svg\" alt=\"training loss\"></p>\n<p><img src=\"{stem}-accuracy.svg\" alt=\"accuracy\"></p>");
+            let _ = writeln!(
+                body,
+                "<h2>Training curves</h2>\n<p><img src=\"{stem}-loss.svg\" alt=\"training loss\"></p>\n<p><img src=\"{stem}-accuracy.svg\" alt=\"accuracy\"></p>"
+            );
             body.push_str("<table><tr><th>Epoch</th><th>Loss</th><th>Train top-1</th><th>LR</th><th>Grad norm</th><th>Seconds</th></tr>\n");
             for e in &m {
-                let _ = writeln!(body, "<tr><td class=\"num\">{}</td><td class=\"num\">{:.4}</td><td class=\"num\">{:.1}</td><td class=\"num\">{:.2e}</td><td class=\"num\">{:.2}</td><td class=\"num\">{:.0}</td></tr>", e.epoch, e.train_loss, e.train_top1, e.lr, e.grad_norm, e.seconds);
+                let _ = writeln!(
+                    body,
+                    "<tr><td class=\"num\">{}</td><td class=\"num\">{:.4}</td><td class=\"num\">{:.1}</td><td class=\"num\">{:.2e}</td><td class=\"num\">{:.2}</td><td class=\"num\">{:.0}</td></tr>",
+                    e.epoch, e.train_loss, e.train_top1, e.lr, e.grad_norm, e.seconds
+                );
             }
             body.push_str("</table>\n");
         }
@@ -398,7 +455,17 @@ fn run_body(l: &Loaded, out: &Path) -> Result<String, ReportError> {
         }
     }
     let p = &r.protocol;
-    let _ = writeln!(body, "<h2>Protocol</h2><table><tr><th>Split</th><td>{}</td></tr><tr><th>Training images</th><td>{}</td></tr><tr><th>Test images</th><td>{}</td></tr><tr><th>TTA</th><td>{}</td></tr><tr><th>Checkpoint</th><td>{}</td></tr><tr><th>Optimiser</th><td>{}</td></tr><tr><th>Trained layers</th><td>{}</td></tr></table>", esc(&p.split), esc(&p.train_transform), esc(&p.eval_transform), esc(&p.tta), esc(&p.checkpoint), esc(&p.optimizer), esc(&p.trained_layers));
+    let _ = writeln!(
+        body,
+        "<h2>Protocol</h2><table><tr><th>Split</th><td>{}</td></tr><tr><th>Training images</th><td>{}</td></tr><tr><th>Test images</th><td>{}</td></tr><tr><th>TTA</th><td>{}</td></tr><tr><th>Checkpoint</th><td>{}</td></tr><tr><th>Optimiser</th><td>{}</td></tr><tr><th>Trained layers</th><td>{}</td></tr></table>",
+        esc(&p.split),
+        esc(&p.train_transform),
+        esc(&p.eval_transform),
+        esc(&p.tta),
+        esc(&p.checkpoint),
+        esc(&p.optimizer),
+        esc(&p.trained_layers)
+    );
     if !r.deviations.is_empty() {
         body.push_str("<h2>Deviations</h2><ul>");
         for d in &r.deviations {

@@ -102,7 +102,11 @@ pub fn read_reference(path: &Path) -> Result<Vec<ReferenceValue>, ReportError> {
         }
         let f = split_csv(line);
         let get = |k: usize| f.get(idx[k]).cloned().unwrap_or_default();
-        let value: f64 = get(9).parse().map_err(|_| ReportError::Format { path: path.to_path_buf(), line: i + 2, message: format!("value '{}' is not a number", get(9)) })?;
+        let value: f64 = get(9).parse().map_err(|_| ReportError::Format {
+            path: path.to_path_buf(),
+            line: i + 2,
+            message: format!("value '{}' is not a number", get(9)),
+        })?;
         out.push(ReferenceValue {
             table: get(0),
             section: get(1),

@@ -75,10 +75,7 @@ pub fn evaluate<B: Backend>(
         if flip_tta {
             p = (p + softmax(model.logits(x.flip([3])), 1)) / 2.0;
         }
-        probabilities.extend(p.into_data().to_vec::<f32>().map_err(|e| TrainError::Checkpoint {
-            path: "<evaluation>".into(),
-            message: format!("{e:?}"),
-        })?);
+        probabilities.extend(p.into_data().to_vec::<f32>().map_err(|e| TrainError::Checkpoint { path: "<evaluation>".into(), message: format!("{e:?}") })?);
         labels.extend(batch.labels);
         bar.inc(chunk.len() as u64);
     }

@@ -12,6 +12,8 @@ pub mod schedule;
 pub mod trainer;
 
 pub use error::TrainError;
-pub use recipe::Recipe;
 pub use fgia_core::record::{EpochMetrics, read_metrics};
-pub use trainer::{BURN_VERSION, Outcome, RunContext, StepRates, StepStats, Trained, build_network, load_dataset, load_trained, sgd, train_and_evaluate, train_step};
+pub use recipe::Recipe;
+pub use trainer::{
+    BURN_VERSION, Outcome, RunContext, StepRates, StepStats, Trained, build_network, load_dataset, load_trained, sgd, train_and_evaluate, train_step,
+};

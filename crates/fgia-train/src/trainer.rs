@@ -94,10 +94,8 @@ pub fn build_network<B: Backend>(recipe: &Recipe, num_classes: usize, pretrained
     if !m.pretrained {
         return Ok(NetworkConfig::new(m.backbone).with_num_classes(num_classes).with_width_div(m.width_div).init(device));
     }
-    let path = pretrained.ok_or_else(|| TrainError::Recipe {
-        path: PathBuf::from("<recipe>"),
-        message: "model.pretrained is set but no weights file was given".into(),
-    })?;
+    let path = pretrained
+        .ok_or_else(|| TrainError::Recipe { path: PathBuf::from("<recipe>"), message: "model.pretrained is set but no weights file was given".into() })?;
     let net = NetworkConfig::new(m.backbone).with_width_div(m.width_div).init(device);
     let (net, _) = load_network(net, m.backbone, path)?;
     Ok(net.reset_classifier(num_classes, device))
@@ -254,10 +252,9 @@ pub fn train_and_evaluate<B: AutodiffBackend>(recipe: &Recipe, ctx: &RunContext,
             let ck = |e: burn::record::RecorderError| TrainError::Checkpoint { path: dir.clone(), message: e.to_string() };
             net = net.load_record(rec.load(dir.join("model"), device).map_err(ck)?);
             optim = optim.load_record(rec.load(dir.join("optim"), device).map_err(ck)?);
-            let state: CheckpointState = serde_json::from_str(
-                &std::fs::read_to_string(dir.join("state.json")).map_err(|e| TrainError::io(dir.join("state.json"), e))?,
-            )
-            .map_err(|e| TrainError::Checkpoint { path: dir.clone(), message: e.to_string() })?;
+            let state: CheckpointState =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).map_err(|e| TrainError::io(dir.join("state.json"), e))?)
+                    .map_err(|e| TrainError::Checkpoint { path: dir.clone(), message: e.to_string() })?;
             start_epoch = epoch;
             wall_before = state.wall_time_s;
         }
@@ -267,9 +264,7 @@ pub fn train_and_evaluate<B: AutodiffBackend>(recipe: &Recipe, ctx: &RunContext,
 
     let train = &dataset.train;
     let transform = recipe.train_transform();
-    let loss_fn = CrossEntropyLossConfig::new()
-        .with_smoothing((t.label_smoothing > 0.0).then_some(t.label_smoothing))
-        .init::<B>(device);
+    let loss_fn = CrossEntropyLossConfig::new().with_smoothing((t.label_smoothing > 0.0).then_some(t.label_smoothing)).init::<B>(device);
     let bs = t.batch_size;
     // A last batch of one image would break batch norm; it is dropped (and so is any batch
     // of fewer than 2).
@@ -398,7 +393,7 @@ fn evaluate_test<B: AutodiffBackend>(
     let inner = net.valid();
     if let Some(cache) = cache {
         let tail = TailClassifier { net: &inner, from: recipe.model.freeze_stages };
-        return Ok(evaluate_maps::<B::InnerBackend>(&tail, cache, &dataset.test, recipe.eval.batch_size, recipe.eval.tta == "flip", dataset.num_classes(), device)?);
+        return evaluate_maps::<B::InnerBackend>(&tail, cache, &dataset.test, recipe.eval.batch_size, recipe.eval.tta == "flip", dataset.num_classes(), device);
     }
     evaluate::<B::InnerBackend>(
         &inner,
@@ -413,7 +408,13 @@ fn evaluate_test<B: AutodiffBackend>(
     )
 }
 
-fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Network<B>, B>>(net: &Network<B>, optim: &O, run_dir: &Path, epoch: usize, wall: f64) -> Result<(), TrainError> {
+fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Network<B>, B>>(
+    net: &Network<B>,
+    optim: &O,
+    run_dir: &Path,
+    epoch: usize,
+    wall: f64,
+) -> Result<(), TrainError> {
     let final_dir = checkpoint_dir(run_dir, epoch);
     let tmp = run_dir.join("checkpoints").join(format!(".epoch-{epoch:04}.partial"));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -445,11 +446,7 @@ fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<(), TrainError> {
 /// Keeps the metric lines of epochs `1..=last`; rewrites the file atomically.
 fn truncate_metrics(path: &Path, last: usize) -> Result<(), TrainError> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let kept: String = text
-        .lines()
-        .filter(|l| serde_json::from_str::<EpochMetrics>(l).is_ok_and(|m| m.epoch <= last))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let kept: String = text.lines().filter(|l| serde_json::from_str::<EpochMetrics>(l).is_ok_and(|m| m.epoch <= last)).map(|l| format!("{l}\n")).collect();
     Ok(write_atomic(path, kept.as_bytes())?)
 }
 
@@ -484,9 +481,11 @@ fn result_record(recipe: &Recipe, dataset: &Dataset, eval: &EvalOutput, ctx: &Ru
         table: recipe.report.table.clone(),
         method: recipe.report.method.clone(),
         dataset: recipe.report.dataset.clone(),
-        data: recipe.data.description.clone().unwrap_or_else(|| {
-            format!("{} ({} classes, {} train / {} test)", dataset.name, dataset.num_classes(), dataset.train.len(), dataset.test.len())
-        }),
+        data: recipe
+            .data
+            .description
+            .clone()
+            .unwrap_or_else(|| format!("{} ({} classes, {} train / {} test)", dataset.name, dataset.num_classes(), dataset.train.len(), dataset.test.len())),
         backbone: recipe.model.backbone.display_name().to_string(),
         resolution: recipe.data.crop,
         paper_resolution: recipe.report.paper_resolution,
@@ -543,8 +542,8 @@ pub fn load_trained<B: Backend>(run_dir: &Path, device: &B::Device) -> Result<Tr
     let classes_path = run_dir.join("classes.json");
     let classes: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&classes_path).map_err(|e| TrainError::io(&classes_path, e))?)
         .map_err(|e| TrainError::Checkpoint { path: classes_path.clone(), message: e.to_string() })?;
-    let (epoch, dir) = latest_checkpoint(run_dir)
-        .ok_or_else(|| TrainError::Checkpoint { path: run_dir.join("checkpoints"), message: "no complete checkpoint".into() })?;
+    let (epoch, dir) =
+        latest_checkpoint(run_dir).ok_or_else(|| TrainError::Checkpoint { path: run_dir.join("checkpoints"), message: "no complete checkpoint".into() })?;
     let m = &recipe.model;
     let net: Network<B> = NetworkConfig::new(m.backbone).with_num_classes(classes.len()).with_width_div(m.width_div).init(device);
     let record = recorder().load(dir.join("model"), device).map_err(|e| TrainError::Checkpoint { path: dir.clone(), message: e.to_string() })?;

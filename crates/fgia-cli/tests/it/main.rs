@@ -78,7 +78,21 @@ fn train_resume_eval_predict_embed_info() {
     assert!(pred.contains("class"), "{pred}");
 
     let npy = dir.path().join("emb.npy");
-    ok(&fgia(&["embed", "--run-dir", run_s, "--format", "cub", "--data-root", data_s, "--split", "all", "--resolution", "32", "--out", npy.to_str().expect("utf8")]));
+    ok(&fgia(&[
+        "embed",
+        "--run-dir",
+        run_s,
+        "--format",
+        "cub",
+        "--data-root",
+        data_s,
+        "--split",
+        "all",
+        "--resolution",
+        "32",
+        "--out",
+        npy.to_str().expect("utf8"),
+    ]));
     let bytes = std::fs::read(&npy).expect("npy");
     assert!(String::from_utf8_lossy(&bytes[..80]).contains("'shape': (18, 160)"));
     let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(npy.with_extension("json")).expect("index")).expect("json");
@@ -102,4 +116,146 @@ fn a_bad_recipe_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("epochs"), "{err}");
+}
+
+/// The real EfficientNet-Lite0 weights (fetched by `cargo xtask weights fetch efficientnet-lite0`;
+/// CI does), or `None` after reporting the skip.
+fn lite0_weights(test: &str) -> Option<std::path::PathBuf> {
+    let p = fgia_core::paths::weights_dir().join("efficientnet-lite0-57934424.pth");
+    if p.is_file() {
+        Some(p)
+    } else {
+        fgia_core::testing::skip(test, "EfficientNet-Lite0 weights not fetched (cargo xtask weights fetch efficientnet-lite0)");
+        None
+    }
+}
+
+fn retrieval_recipe(method: &str) -> String {
+    format!(
+        r#"
+[method]
+name = "{method}"
+[model]
+backbone = "efficientnet-lite0"
+embedding_dim = 32
+[data]
+format = "cub"
+resize = 64
+crop = 64
+[train]
+epochs = 3
+classes_per_batch = 2
+images_per_class = 3
+lr = 1e-3
+class_weight_lr_mult = 10.0
+weight_decay = 1e-4
+seed = 0
+views = 2
+[eval]
+distance = "cosine"
+ks = [1, 2, 4, 8]
+pca_whiten = 8
+rerank = "none"
+also_reranked = true
+qe_k = 2
+k_reciprocal = {{ k1 = 4, k2 = 2, lambda = 0.3 }}
+[report]
+table = "table5"
+method = "{method}"
+dataset = "CUB-200-2011"
+"#
+    )
+}
+
+/// `fgia retrieval` end to end on a generated CUB (4 train and 4 test classes): SCDA and two
+/// trained methods share one process (and the cached maps), write records with every metric,
+/// and a second call skips them.
+#[test]
+fn retrieval_runs_scda_and_trained_methods() {
+    let Some(weights) = lite0_weights("retrieval_runs_scda_and_trained_methods") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("cub");
+    fgia_core::testing::write_tiny_cub(&data, 8, 4, 2, 72);
+    let mut args: Vec<String> = vec!["retrieval".into(), "--quiet".into(), "--weights".into(), weights.display().to_string()];
+    for m in ["scda", "proxy-anchor", "crl-wsl"] {
+        let p = dir.path().join(format!("tiny-{m}.toml"));
+        std::fs::write(&p, retrieval_recipe(m)).expect("recipe");
+        args.extend(["--recipe".into(), p.display().to_string()]);
+    }
+    let (runs, results) = (dir.path().join("runs"), dir.path().join("results"));
+    args.extend(["--runs-dir".into(), runs.display().to_string(), "--results-dir".into(), results.display().to_string()]);
+    args.extend(["--data-root".into(), data.display().to_string(), "--skip-existing".into()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&fgia(&argv));
+    for m in ["scda", "proxy-anchor", "crl-wsl"] {
+        let r = fgia_core::record::ResultRecord::read(&results.join(format!("tiny-{m}.json"))).expect("record");
+        assert_eq!(r.table, "table5");
+        assert_eq!(r.metrics["test_images"], 24.0, "{m}: classes 5-8, 6 images each");
+        for k in ["recall@1", "recall@2", "recall@4", "recall@8", "map", "qe/recall@1", "kr/recall@1", "random/recall@1"] {
+            let v = r.metrics[k];
+            assert!(v.is_finite() && (0.0..=100.0).contains(&v), "{m}: {k} = {v}");
+        }
+        // Recall@K grows with K; the colour-coded classes are easy, far above chance.
+        assert!(r.metrics["recall@1"] <= r.metrics["recall@8"]);
+        assert!(r.metrics["recall@1"] > 2.0 * r.metrics["random/recall@1"], "{m}: {:?}", r.metrics);
+        assert_eq!(r.metrics["embedding_dim"], 8.0, "{m}: PCA-whitened to 8 dimensions");
+        assert!(r.protocol.split.contains("class-disjoint"), "{}", r.protocol.split);
+    }
+    assert!(fgia_core::record::read_metrics(&runs.join("tiny-proxy-anchor")).expect("metrics").len() == 3);
+    let again = ok(&fgia(&argv));
+    assert_eq!(again.matches("skipped").count(), 3, "{again}");
+    assert!(out.contains("R@1"), "{out}");
+}
+
+/// `fgia index` on a folder with one unreadable image (reported and counted), `fgia query`
+/// printing the top-K and writing an HTML page, exact and HNSW indexes agreeing, and a
+/// corrupted index file giving a clear error.
+#[test]
+fn index_and_query_a_folder() {
+    let Some(weights) = lite0_weights("index_and_query_a_folder") else { return };
+    let w = weights.display().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("cub");
+    fgia_core::testing::write_tiny_cub(&data, 3, 3, 0, 72);
+    let images = data.join("images");
+    std::fs::write(images.join("001.class1").join("broken.jpg"), b"\xff\xd8\xff not really a jpeg").expect("write");
+    let query = images.join("002.class2").join("img5.png");
+    for hnsw in [false, true] {
+        let index = dir.path().join(format!("gallery-{hnsw}.fgiaidx"));
+        let mut args = vec!["index", "--images", images.to_str().expect("utf8"), "--out", index.to_str().expect("utf8"), "--resolution", "64", "--weights", &w];
+        if hnsw {
+            args.push("--hnsw");
+        }
+        let out = fgia(&args);
+        let text = ok(&out);
+        assert!(text.contains("indexed 9 images (1 skipped"), "{text}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("broken.jpg"), "the unreadable file is named");
+        let html = dir.path().join(format!("q-{hnsw}.html"));
+        let q = ok(&fgia(&[
+            "query",
+            "--index",
+            index.to_str().expect("utf8"),
+            "--top",
+            "3",
+            "--html",
+            html.to_str().expect("utf8"),
+            "--weights",
+            &w,
+            query.to_str().expect("utf8"),
+        ]));
+        let first = q.lines().nth(1).expect("a result line");
+        assert!(first.contains("img5.png") && first.contains("0.0000"), "the query image finds itself first: {q}");
+        let page = std::fs::read_to_string(&html).expect("page");
+        assert_eq!(page.matches("<figure").count(), 4, "query and 3 results");
+        assert!(dir.path().join(format!("q-{hnsw}_files/000.png")).is_file());
+    }
+    let bad = dir.path().join("gallery-true.fgiaidx");
+    let mut bytes = std::fs::read(&bad).expect("index");
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(&bad, bytes).expect("write");
+    let out = fgia(&["query", "--index", bad.to_str().expect("utf8"), "--weights", &w, query.to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gallery-true.fgiaidx") && (err.contains("checksum") || err.contains("truncated")), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -38,9 +38,9 @@ fn labelled(root: &Path, file: &str, table: &ClassTable, strict: &mut Strictness
     let by_name: HashMap<&str, usize> = table.names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
     let mut out = Vec::new();
     for line in f.lines() {
-        let r = line.head_rest("<image_id> <class name>").and_then(|(id, name)| {
-            by_name.get(name).map(|&i| (id.to_string(), i)).ok_or_else(|| line.error(format!("'{name}' is not a known class name")))
-        });
+        let r = line
+            .head_rest("<image_id> <class name>")
+            .and_then(|(id, name)| by_name.get(name).map(|&i| (id.to_string(), i)).ok_or_else(|| line.error(format!("'{name}' is not a known class name"))));
         match r {
             Ok(v) => out.push(v),
             Err(e) => strict.bad(e)?,
@@ -86,8 +86,7 @@ pub fn read_aircraft(root: &Path, split: AircraftSplit, remove_banner: bool, opt
     let mut sides = Vec::new();
     for side in [a, b] {
         let variant = labelled(&data, &format!("images_variant_{side}.txt"), &variants, &mut strict)?;
-        let family: HashMap<String, usize> =
-            labelled(&data, &format!("images_family_{side}.txt"), &families, &mut strict)?.into_iter().collect();
+        let family: HashMap<String, usize> = labelled(&data, &format!("images_family_{side}.txt"), &families, &mut strict)?.into_iter().collect();
         let manufacturer: HashMap<String, usize> =
             labelled(&data, &format!("images_manufacturer_{side}.txt"), &manufacturers, &mut strict)?.into_iter().collect();
         let mut records = Vec::with_capacity(variant.len());
@@ -120,10 +119,7 @@ pub fn read_aircraft(root: &Path, split: AircraftSplit, remove_banner: bool, opt
         classes,
         train,
         test,
-        levels: vec![
-            Level { name: "family".into(), classes: families },
-            Level { name: "manufacturer".into(), classes: manufacturers },
-        ],
+        levels: vec![Level { name: "family".into(), classes: families }, Level { name: "manufacturer".into(), classes: manufacturers }],
         skipped: strict.into_skipped(),
         split_note: format!("official images_variant_{a}.txt / images_variant_{b}.txt"),
     })

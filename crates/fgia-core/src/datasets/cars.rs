@@ -30,9 +30,7 @@ pub fn read_cars(root: &Path, opts: ReadOptions) -> Result<Dataset> {
             .iter()
             .enumerate()
             .map(|(i, it)| {
-                it.as_str()
-                    .map(|s| (i as u32 + 1, s.to_string()))
-                    .ok_or_else(|| DataError::format(&meta_path, format!("class_names{{{}}} is not text", i + 1)))
+                it.as_str().map(|s| (i as u32 + 1, s.to_string())).ok_or_else(|| DataError::format(&meta_path, format!("class_names{{{}}} is not text", i + 1)))
             })
             .collect::<Result<Vec<_>>>()?,
         other => return Err(DataError::format(&meta_path, format!("'class_names' is {}, expected a cell", other.kind()))),
@@ -81,16 +79,7 @@ pub fn read_cars(root: &Path, opts: ReadOptions) -> Result<Dataset> {
         });
     };
     let classes = compact_classes(&all_classes, &mut train, &mut test);
-    Ok(Dataset {
-        name: "cars".into(),
-        root: root.to_path_buf(),
-        classes,
-        train,
-        test,
-        levels: Vec::new(),
-        skipped: strict.into_skipped(),
-        split_note,
-    })
+    Ok(Dataset { name: "cars".into(), root: root.to_path_buf(), classes, train, test, levels: Vec::new(), skipped: strict.into_skipped(), split_note })
 }
 
 fn read_annos(path: &Path, classes: &ClassTable, images: &Path, strict: &mut Strictness) -> Result<Vec<Record>> {

@@ -12,11 +12,8 @@ use crate::error::{DataError, Result};
 /// Reads CUB-200-2011 from its root (the folder holding `images.txt`; a parent holding
 /// `CUB_200_2011/` is accepted too).
 pub fn read_cub(root: &Path, opts: ReadOptions) -> Result<Dataset> {
-    let root = if !root.join("images.txt").exists() && root.join("CUB_200_2011").join("images.txt").exists() {
-        root.join("CUB_200_2011")
-    } else {
-        root.to_path_buf()
-    };
+    let root =
+        if !root.join("images.txt").exists() && root.join("CUB_200_2011").join("images.txt").exists() { root.join("CUB_200_2011") } else { root.to_path_buf() };
     let mut strict = Strictness::new(opts);
 
     let classes_file = TextFile::read(&root.join("classes.txt"), "CUB class list")?;
@@ -25,8 +22,7 @@ pub fn read_cub(root: &Path, opts: ReadOptions) -> Result<Dataset> {
         let (id, name) = line.head_rest("<class_id> <class_name>")?;
         pairs.push((line.parse::<u32>(id, "class id")?, name.to_string()));
     }
-    let all_classes =
-        ClassTable::from_pairs(pairs).map_err(|m| DataError::format(&classes_file.path, m))?;
+    let all_classes = ClassTable::from_pairs(pairs).map_err(|m| DataError::format(&classes_file.path, m))?;
 
     // images.txt defines the image ids; every other file must refer only to them.
     let images = TextFile::read(&root.join("images.txt"), "CUB image list")?;

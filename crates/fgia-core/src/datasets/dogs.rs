@@ -32,10 +32,7 @@ pub fn read_dogs(root: &Path, opts: ReadOptions) -> Result<Dataset> {
         let name = folder.split_once('-').map(|(_, b)| b).unwrap_or(folder).to_string();
         match pairs.iter().find(|(id, _)| *id == row.label) {
             Some((_, existing)) if *existing != name => {
-                return Err(DataError::format(
-                    &row.list,
-                    format!("label {} is used for both '{existing}' and '{name}'", row.label),
-                ));
+                return Err(DataError::format(&row.list, format!("label {} is used for both '{existing}' and '{name}'", row.label)));
             }
             Some(_) => {}
             None => pairs.push((row.label, name)),
@@ -93,9 +90,7 @@ fn strings(v: &MatValue, path: &Path, var: &str) -> Result<Vec<String>> {
             .iter()
             .enumerate()
             .map(|(i, it)| {
-                it.as_str().map(str::to_string).ok_or_else(|| {
-                    DataError::format(path, format!("{var}{{{}}} is {} where text was expected", i + 1, it.kind()))
-                })
+                it.as_str().map(str::to_string).ok_or_else(|| DataError::format(path, format!("{var}{{{}}} is {} where text was expected", i + 1, it.kind())))
             })
             .collect(),
         MatValue::Char { rows, .. } => Ok(rows.iter().map(|r| r.trim_end().to_string()).collect()),
@@ -145,15 +140,9 @@ pub(crate) fn read_voc_boxes(path: &Path) -> Result<Vec<BBox>> {
             return Err(DataError::format(path, format!("object at byte {} has no <bndbox>", obj.range().start)));
         };
         let coord = |tag: &str| -> Result<f32> {
-            let node = bnd
-                .children()
-                .find(|n| n.has_tag_name(tag))
-                .ok_or_else(|| DataError::format(path, format!("<bndbox> lacks <{tag}>")))?;
+            let node = bnd.children().find(|n| n.has_tag_name(tag)).ok_or_else(|| DataError::format(path, format!("<bndbox> lacks <{tag}>")))?;
             let t = node.text().unwrap_or("").trim();
-            t.parse::<f32>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| DataError::format(path, format!("<{tag}> '{t}' is not a number")))
+            t.parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| DataError::format(path, format!("<{tag}> '{t}' is not a number")))
         };
         let (x0, y0, x1, y1) = (coord("xmin")?, coord("ymin")?, coord("xmax")?, coord("ymax")?);
         if x1 <= x0 || y1 <= y0 {

@@ -16,7 +16,14 @@ fn label_table(labels: &[String]) -> (ClassTable, HashMap<String, usize>) {
     let pairs: Vec<(u32, String)> = match numeric {
         // Integer labels keep their value as the class id, unless two spellings ("01", "1")
         // collide; then they are treated as names.
-        Some(ids) if { let mut s = ids.clone(); s.sort(); s.dedup(); s.len() == ids.len() } => {
+        Some(ids)
+            if {
+                let mut s = ids.clone();
+                s.sort();
+                s.dedup();
+                s.len() == ids.len()
+            } =>
+        {
             ids.into_iter().zip(unique).collect()
         }
         // Names get ids 1..=n in sorted order.
@@ -48,9 +55,7 @@ pub fn read_list_files(root: &Path, train_list: &Path, test_list: &Path, opts: R
     }
     let all: Vec<String> = sides.iter().flatten().map(|(l, _)| l.clone()).collect();
     let (classes, index) = label_table(&all);
-    let to_records = |rows: &[(String, String)]| -> Vec<Record> {
-        rows.iter().map(|(l, p)| Record::new(root.join(p), index[l.as_str()], p.clone())).collect()
-    };
+    let to_records = |rows: &[(String, String)]| -> Vec<Record> { rows.iter().map(|(l, p)| Record::new(root.join(p), index[l.as_str()], p.clone())).collect() };
     Ok(Dataset {
         name: train_list.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "list".into()),
         root: root.to_path_buf(),
@@ -69,9 +74,10 @@ const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 /// is no `test/`). Class folders are sorted by name; a class present on one side only is kept.
 pub fn read_image_folder(root: &Path) -> Result<Dataset> {
     let train_dir = root.join("train");
-    let test_dir = [root.join("test"), root.join("val")].into_iter().find(|p| p.is_dir()).ok_or_else(|| {
-        DataError::NotFound { path: root.join("test"), what: "test (or val) folder of an image-folder dataset".into() }
-    })?;
+    let test_dir = [root.join("test"), root.join("val")]
+        .into_iter()
+        .find(|p| p.is_dir())
+        .ok_or_else(|| DataError::NotFound { path: root.join("test"), what: "test (or val) folder of an image-folder dataset".into() })?;
     if !train_dir.is_dir() {
         return Err(DataError::NotFound { path: train_dir, what: "train folder of an image-folder dataset".into() });
     }
@@ -89,8 +95,7 @@ pub fn read_image_folder(root: &Path) -> Result<Dataset> {
     names.extend(class_dirs(&test_dir)?);
     names.sort();
     names.dedup();
-    let classes = ClassTable::from_pairs(names.iter().enumerate().map(|(i, n)| (i as u32 + 1, n.clone())).collect())
-        .expect("names were deduplicated");
+    let classes = ClassTable::from_pairs(names.iter().enumerate().map(|(i, n)| (i as u32 + 1, n.clone())).collect()).expect("names were deduplicated");
     let collect = |dir: &Path| -> Result<Vec<Record>> {
         let mut out = Vec::new();
         for (label, name) in names.iter().enumerate() {

@@ -220,10 +220,7 @@ impl fmt::Display for DatasetKind {
 impl FromStr for DatasetKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        DatasetKind::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown dataset '{s}' (known: cub, dogs, cars, aircraft)"))
+        DatasetKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| format!("unknown dataset '{s}' (known: cub, dogs, cars, aircraft)"))
     }
 }
 
@@ -296,11 +293,7 @@ impl Dataset {
         Ok(Dataset {
             train,
             test,
-            split_note: format!(
-                "class-disjoint retrieval split: classes {}-{} train, the rest test",
-                train_ids.start(),
-                train_ids.end()
-            ),
+            split_note: format!("class-disjoint retrieval split: classes {}-{} train, the rest test", train_ids.start(), train_ids.end()),
             ..self.clone()
         })
     }
@@ -310,11 +303,7 @@ impl Dataset {
     pub fn restrict_classes(&self, ids: std::ops::RangeInclusive<u32>) -> Dataset {
         let keep: Vec<usize> = (0..self.num_classes()).filter(|&i| ids.contains(&self.classes.ids[i])).collect();
         let remap: HashMap<usize, usize> = keep.iter().enumerate().map(|(new, &old)| (old, new)).collect();
-        let filter = |rs: &[Record]| -> Vec<Record> {
-            rs.iter()
-                .filter_map(|r| remap.get(&r.label).map(|&l| Record { label: l, ..r.clone() }))
-                .collect()
-        };
+        let filter = |rs: &[Record]| -> Vec<Record> { rs.iter().filter_map(|r| remap.get(&r.label).map(|&l| Record { label: l, ..r.clone() })).collect() };
         Dataset {
             classes: ClassTable {
                 ids: keep.iter().map(|&i| self.classes.ids[i]).collect(),

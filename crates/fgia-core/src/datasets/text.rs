@@ -22,12 +22,7 @@ impl TextFile {
             let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
             DataError::malformed(path, line, "not valid UTF-8")
         })?;
-        let lines = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| (i + 1, l.trim_end_matches('\r').trim().to_string()))
-            .filter(|(_, l)| !l.is_empty())
-            .collect();
+        let lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim_end_matches('\r').trim().to_string())).filter(|(_, l)| !l.is_empty()).collect();
         Ok(TextFile { path: path.to_path_buf(), lines })
     }
 

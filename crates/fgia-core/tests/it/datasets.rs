@@ -4,10 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fgia_core::datasets::{
-    AircraftSplit, DatasetKind, ReadOptions, read_aircraft, read_cars, read_cub, read_dogs, read_image_folder,
-    read_list_files,
-};
+use fgia_core::datasets::{AircraftSplit, DatasetKind, ReadOptions, read_aircraft, read_cars, read_cub, read_dogs, read_image_folder, read_list_files};
 use fgia_core::mat::write::{cell_column, column, scalar, string, struct_row, to_bytes};
 use fgia_core::testing::shared_data;
 
@@ -248,7 +245,10 @@ fn cars_devkit_with_official_test_annotations() {
         m
     };
     let fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"];
-    write(&root.join("devkit/cars_train_annos.mat"), to_bytes(&[("annotations", struct_row(&fields, vec![anno(1.0, "00001.jpg"), anno(3.0, "00002.jpg")]))], true));
+    write(
+        &root.join("devkit/cars_train_annos.mat"),
+        to_bytes(&[("annotations", struct_row(&fields, vec![anno(1.0, "00001.jpg"), anno(3.0, "00002.jpg")]))], true),
+    );
     write(&root.join("cars_test_annos_withlabels.mat"), to_bytes(&[("annotations", struct_row(&fields, vec![anno(3.0, "00001.jpg")]))], false));
     let ds = read_cars(root, STRICT).expect("reads");
     assert_eq!(ds.classes.ids, vec![1, 3]);

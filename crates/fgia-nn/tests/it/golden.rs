@@ -33,7 +33,9 @@ fn efficientnet_lite0_imagenet_golden() {
         Ok(p) => p,
         Err(e) => return skip("efficientnet_lite0_imagenet_golden", &format!("{e}")),
     };
-    let Some(fixtures) = fgia_core::datasets::shared_dir(&workspace_root(env!("CARGO_MANIFEST_DIR"))).map(|s| s.join("fixtures")).filter(|f| f.join("coffee_224.png").is_file()) else {
+    let Some(fixtures) =
+        fgia_core::datasets::shared_dir(&workspace_root(env!("CARGO_MANIFEST_DIR"))).map(|s| s.join("fixtures")).filter(|f| f.join("coffee_224.png").is_file())
+    else {
         return skip("efficientnet_lite0_imagenet_golden", "fixtures/coffee_224.png of the shared folder not found (set FGIA_SHARED or place it at ../shared)");
     };
     let net = NetworkConfig::new(BackboneKind::EfficientNetLite0).init::<B>(&Default::default());

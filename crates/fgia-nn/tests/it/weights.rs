@@ -92,8 +92,7 @@ fn mismatched_checkpoints_list_the_offending_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bytes = std::fs::read(fixture("resnet18_tiny.safetensors")).expect("read");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse");
-    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> =
-        st.tensors().into_iter().filter(|(k, _)| k != "layer2.0.bn1.running_var").collect();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors().into_iter().filter(|(k, _)| k != "layer2.0.bn1.running_var").collect();
     let extra = st.tensor("fc.bias").expect("fc.bias");
     tensors.push(("fc.extra_bias".to_string(), extra));
     let p = dir.path().join("edited.safetensors");

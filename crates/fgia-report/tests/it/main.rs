@@ -47,7 +47,18 @@ fn table4_page_shows_paper_ours_delta_and_deviations() {
     std::fs::create_dir_all(&run).expect("mkdir");
     let lines: String = (1..=3)
         .map(|e| {
-            serde_json::to_string(&EpochMetrics { epoch: e, train_loss: 3.0 / e as f64, train_top1: 20.0 * e as f64, lr: 0.01, grad_norm: 1.0, test_top1: None, seconds: 1.0, skipped_images: 0 }).expect("json") + "\n"
+            serde_json::to_string(&EpochMetrics {
+                epoch: e,
+                train_loss: 3.0 / e as f64,
+                train_top1: 20.0 * e as f64,
+                lr: 0.01,
+                grad_norm: 1.0,
+                test_top1: None,
+                seconds: 1.0,
+                skipped_images: 0,
+            })
+            .expect("json")
+                + "\n"
         })
         .collect();
     std::fs::write(run.join("metrics.jsonl"), lines).expect("metrics");

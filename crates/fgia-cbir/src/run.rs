@@ -1,0 +1,416 @@
+//! One retrieval run: read the class-disjoint split, extract (SCDA) or train an embedding head
+//! on the frozen backbone's cached feature maps, embed the test classes, post-process, search,
+//! re-rank, evaluate, and write the result record.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use fgia_core::datasets::{Dataset, DatasetKind, ReadOptions};
+use fgia_core::record::{EpochMetrics, Protocol, RECORD_SCHEMA, ResultRecord, now_utc_rfc3339, write_atomic, write_json_atomic};
+use fgia_core::retrieval::Distance;
+use fgia_nn::weights::load_network;
+use fgia_nn::{Network, NetworkConfig};
+use fgia_train::frozen_cache::FrozenCache;
+use fgia_train::recipe::describe_transform;
+use fgia_train::{BURN_VERSION, TrainError};
+
+use crate::Method;
+use crate::extract::{Aggregator, extract};
+use crate::losses::{contrastive, crl, dgcrl, multi_similarity, piecewise_ce, proxy_anchor, triplet};
+use crate::model::{EmbeddingHead, EmbeddingHeadConfig};
+use crate::pca::{PcaWhitening, l2_normalise_rows};
+use crate::recipe::{CbirRecipe, Rerank};
+use crate::rerank::{k_reciprocal, query_expansion};
+use crate::sampler::pk_batches;
+use crate::search::{distance_matrix, random_ranking_recall, ranking_metrics};
+
+/// Where and how a run happens.
+#[derive(Debug, Clone)]
+pub struct RetrievalContext {
+    /// Run folder (must not exist).
+    pub run_dir: PathBuf,
+    /// Dataset root override.
+    pub data_root: Option<PathBuf>,
+    /// Pretrained backbone weights.
+    pub pretrained: PathBuf,
+    /// Device, in words.
+    pub device_name: String,
+    /// Code revision.
+    pub git_revision: String,
+    /// Progress bars.
+    pub progress: bool,
+}
+
+/// Feature maps of a frozen backbone, shared between the methods of one dataset and setting.
+pub struct SharedCache {
+    key: String,
+    cache: FrozenCache,
+}
+
+/// Reads the dataset of a recipe and applies the class-disjoint split: the first half of the
+/// classes (by id) train, the rest test. For CUB-200-2011 and Stanford Cars this is the
+/// standard 1-100 / 101-200 and 1-98 / 99-196.
+pub fn retrieval_dataset(recipe: &CbirRecipe, root_override: Option<&Path>) -> Result<Dataset, TrainError> {
+    let kind: DatasetKind = recipe.data.format.parse().map_err(|m: String| TrainError::Recipe { path: "<recipe>".into(), message: m })?;
+    let root = root_override
+        .map(Path::to_path_buf)
+        .or_else(|| recipe.data.root.clone())
+        .ok_or_else(|| TrainError::Recipe { path: "<recipe>".into(), message: "no dataset root (set data.root or pass --data-root)".into() })?;
+    let ds = kind.read(&root, ReadOptions { skip_bad: recipe.data.skip_bad })?;
+    let n = ds.num_classes();
+    if n < 2 {
+        return Err(TrainError::Recipe { path: root, message: format!("{n} classes: a class-disjoint split needs at least 2") });
+    }
+    let ids = &ds.classes.ids;
+    let half = match kind.retrieval_train_classes() {
+        Some(r) if n >= 196 => r,
+        _ => ids[0]..=ids[n / 2 - 1],
+    };
+    Ok(ds.retrieval_split(half)?)
+}
+
+fn build_backbone<B: Backend>(recipe: &CbirRecipe, weights: &Path, device: &B::Device) -> Result<Network<B>, TrainError> {
+    let net = NetworkConfig::new(recipe.model.backbone).init::<B>(device);
+    let (net, _) = load_network(net, recipe.model.backbone, weights)?;
+    Ok(net)
+}
+
+/// What a trained head gives: unit embeddings of the training and the test images.
+struct Embedded {
+    train: Vec<f32>,
+    test: Vec<f32>,
+    test_labels: Vec<usize>,
+    dim: usize,
+    epochs: Vec<EpochMetrics>,
+}
+
+fn loss_of<B: Backend>(method: Method, head: &EmbeddingHead<B>, emb: Tensor<B, 2>, labels: &[usize]) -> Tensor<B, 1> {
+    let w = || head.weights().expect("methods with class weights have them");
+    match method {
+        Method::Contrastive => contrastive::contrastive_loss(emb, labels, contrastive::MARGIN),
+        Method::Triplet => triplet::triplet_semi_hard_loss(emb, labels, triplet::MARGIN),
+        Method::MultiSimilarity => multi_similarity::multi_similarity_loss(emb, labels, Default::default()),
+        Method::ProxyAnchor => proxy_anchor::proxy_anchor_loss(emb, w(), labels, proxy_anchor::ALPHA, proxy_anchor::DELTA),
+        Method::CrlWsl => crl::centralized_ranking_loss(emb, labels, crl::MARGIN),
+        Method::Dgcrl => dgcrl::dgcrl_loss(emb, w(), labels, Default::default()),
+        Method::PiecewiseCe => piecewise_ce::piecewise_ce_loss(emb, w(), labels, Default::default()),
+        Method::Scda => unreachable!("SCDA is not trained"),
+    }
+}
+
+/// Share (percent) of batch items whose nearest other batch item has their class.
+fn batch_recall_at_1(emb: &[f32], dim: usize, labels: &[usize]) -> f64 {
+    let n = labels.len();
+    let hits = (0..n)
+        .filter(|&i| {
+            let a = &emb[i * dim..(i + 1) * dim];
+            let best = (0..n).filter(|&j| j != i).max_by(|&x, &y| {
+                let dx: f32 = a.iter().zip(&emb[x * dim..(x + 1) * dim]).map(|(p, q)| p * q).sum();
+                let dy: f32 = a.iter().zip(&emb[y * dim..(y + 1) * dim]).map(|(p, q)| p * q).sum();
+                dx.total_cmp(&dy).then(y.cmp(&x))
+            });
+            best.is_some_and(|j| labels[j] == labels[i])
+        })
+        .count();
+    100.0 * hits as f64 / n.max(1) as f64
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_head<B: AutodiffBackend>(
+    recipe: &CbirRecipe,
+    cache: &FrozenCache,
+    train_labels: &[usize],
+    test_labels: &[usize],
+    num_train_classes: usize,
+    run_dir: &Path,
+    progress: bool,
+    device: &B::Device,
+) -> Result<Embedded, TrainError> {
+    let t = &recipe.train;
+    let method = recipe.method.name;
+    B::seed(device, t.seed);
+    let channels = cache.shape[0];
+    let [_, h, w] = cache.shape;
+    let mut head: EmbeddingHead<B> = EmbeddingHeadConfig::new(channels, recipe.model.embedding_dim)
+        .with_classes(if method.has_class_weights() { num_train_classes } else { 0 })
+        .init(device);
+    let mut optim = AdamWConfig::new().with_weight_decay(t.weight_decay as f32).init::<B, EmbeddingHead<B>>();
+    let bs = t.classes_per_batch * t.images_per_class;
+    let per_epoch = (train_labels.len() / bs).max(1);
+    let dim = recipe.model.embedding_dim;
+    let mut epochs = Vec::new();
+    let bar = if progress { indicatif::ProgressBar::new((t.epochs * per_epoch) as u64).with_prefix(method.name()) } else { indicatif::ProgressBar::hidden() };
+    for epoch in 0..t.epochs {
+        let started = Instant::now();
+        // Cosine decay of the learning rate over the run.
+        let lr = t.lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / t.epochs as f64).cos());
+        let (mut loss_sum, mut r1_sum, mut gn_sum, mut steps) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+        for (bi, batch) in pk_batches(train_labels, t.classes_per_batch, t.images_per_class, per_epoch, t.seed, epoch as u64).into_iter().enumerate() {
+            let (maps, kept) = cache.train_batch(&batch, t.seed, epoch);
+            let labels: Vec<usize> = kept.iter().map(|&k| train_labels[batch[k]]).collect();
+            if labels.len() < 2 {
+                continue;
+            }
+            let x = Tensor::<B, 4>::from_data(TensorData::new(maps, [labels.len(), channels, h, w]), device);
+            let emb = head.forward(x, method.pooling()); // [B, D]
+            let loss = loss_of(method, &head, emb.clone(), &labels);
+            let value: f32 = loss.clone().into_scalar().elem();
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite { epoch: epoch + 1, step: bi, value });
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &head);
+            gn_sum += fgia_train::clip::global_grad_norm(&head, &grads);
+            // Class weights (proxies, centres) learn faster, as in the proxy-based papers.
+            let (g_main, g_cls) = split_class_weight_grads(&head, grads);
+            head = optim.step(lr, head, g_main);
+            if let Some(g) = g_cls {
+                head = optim.step(lr * t.class_weight_lr_mult, head, g);
+            }
+            let e: Vec<f32> = emb.into_data().convert::<f32>().to_vec().unwrap_or_default();
+            r1_sum += batch_recall_at_1(&e, dim, &labels);
+            loss_sum += value as f64;
+            steps += 1;
+            bar.inc(1);
+        }
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: loss_sum / steps.max(1) as f64,
+            train_top1: r1_sum / steps.max(1) as f64,
+            lr,
+            grad_norm: gn_sum / steps.max(1) as f64,
+            test_top1: None,
+            seconds: started.elapsed().as_secs_f64(),
+            skipped_images: 0,
+        };
+        append_metrics(run_dir, &m)?;
+        epochs.push(m);
+    }
+    bar.finish_and_clear();
+    let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let staging = run_dir.join("head.staging");
+    rec.record(head.clone().into_record(), staging.clone()).map_err(|e| TrainError::Checkpoint { path: staging.clone(), message: e.to_string() })?;
+    std::fs::rename(staging.with_extension("mpk"), run_dir.join("head.mpk")).map_err(|e| TrainError::io(run_dir.join("head.mpk"), e))?;
+
+    // Embeddings: the test maps, and one view of each training image (for PCA-whitening).
+    let inner = head.valid();
+    let embed_maps = |maps: Vec<f32>, n: usize| -> Vec<f32> {
+        let x = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(maps, [n, channels, h, w]), device);
+        inner.forward(x, method.pooling()).into_data().convert::<f32>().to_vec().unwrap_or_default()
+    };
+    let mut test = Vec::new();
+    let mut kept_test_labels = Vec::new();
+    for chunk in (0..test_labels.len()).collect::<Vec<_>>().chunks(64) {
+        let (maps, kept) = cache.test_batch(chunk, false);
+        if !kept.is_empty() {
+            test.extend(embed_maps(maps, kept.len()));
+            kept_test_labels.extend(kept.iter().map(|&k| test_labels[chunk[k]]));
+        }
+    }
+    let mut train = Vec::new();
+    for chunk in (0..train_labels.len()).collect::<Vec<_>>().chunks(64) {
+        let (maps, kept) = cache.train_batch(chunk, t.seed, 0);
+        if !kept.is_empty() {
+            train.extend(embed_maps(maps, kept.len()));
+        }
+    }
+    Ok(Embedded { train, test, test_labels: kept_test_labels, dim, epochs })
+}
+
+/// Splits the gradients into those of the embedding layer and those of the class weights.
+fn split_class_weight_grads<B: AutodiffBackend>(head: &EmbeddingHead<B>, mut grads: GradientsParams) -> (GradientsParams, Option<GradientsParams>) {
+    match &head.class_weights {
+        Some(p) => {
+            let mut cls = GradientsParams::new();
+            if let Some(g) = grads.remove::<B::InnerBackend, 2>(p.id) {
+                cls.register::<B::InnerBackend, 2>(p.id, g);
+            }
+            (grads, Some(cls))
+        }
+        None => (grads, None),
+    }
+}
+
+fn append_metrics(run_dir: &Path, m: &EpochMetrics) -> Result<(), TrainError> {
+    use std::io::Write;
+    let path = run_dir.join("metrics.jsonl");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| TrainError::io(&path, e))?;
+    writeln!(f, "{}", serde_json::to_string(m).expect("metrics serialise")).map_err(|e| TrainError::io(&path, e))
+}
+
+/// Evaluates test embeddings: optional PCA-whitening learned on the training embeddings, then
+/// Recall@K and mAP without re-ranking, and after query expansion and k-reciprocal
+/// re-ranking. Returns the metrics (headline ones follow `eval.rerank`).
+pub fn evaluate_embeddings(recipe: &CbirRecipe, train: &[f32], test: &[f32], dim: usize, test_labels: &[usize]) -> Result<BTreeMap<String, f64>, TrainError> {
+    let e = &recipe.eval;
+    let (mut x, mut d) = (test.to_vec(), dim);
+    if e.pca_whiten > 0 {
+        let p = PcaWhitening::fit(train, dim, e.pca_whiten, 1e-6)
+            .map_err(|err| TrainError::Recipe { path: "<eval.pca_whiten>".into(), message: err.to_string() })?;
+        x = p.apply(test);
+        d = p.output_dim;
+    } else if e.distance == Distance::Cosine {
+        l2_normalise_rows(&mut x, d);
+    }
+    let ks = &e.ks;
+    let mut metrics = BTreeMap::new();
+    let mut put = |prefix: &str, (recall, map): (Vec<f64>, f64)| {
+        for (k, r) in ks.iter().zip(recall) {
+            metrics.insert(format!("{prefix}recall@{k}"), r);
+        }
+        metrics.insert(format!("{prefix}map"), map);
+    };
+    let plain = ranking_metrics(&distance_matrix(&x, d, e.distance), test_labels, ks);
+    let qe = (e.also_reranked || e.rerank == Rerank::Qe).then(|| ranking_metrics(&query_expansion(&x, d, e.qe_k, e.distance), test_labels, ks));
+    let kr = (e.also_reranked || e.rerank == Rerank::KReciprocal).then(|| ranking_metrics(&k_reciprocal(&x, d, e.distance, e.k_reciprocal), test_labels, ks));
+    let headline = match e.rerank {
+        Rerank::None => plain.clone(),
+        Rerank::Qe => qe.clone().expect("computed"),
+        Rerank::KReciprocal => kr.clone().expect("computed"),
+    };
+    put("", headline);
+    if e.rerank != Rerank::None {
+        put("plain/", plain);
+    }
+    if let Some(q) = qe.filter(|_| e.also_reranked) {
+        put("qe/", q);
+    }
+    if let Some(k) = kr.filter(|_| e.also_reranked) {
+        put("kr/", k);
+    }
+    for (k, r) in ks.iter().zip(random_ranking_recall(test_labels, ks)) {
+        metrics.insert(format!("random/recall@{k}"), r);
+    }
+    metrics.insert("test_images".into(), test_labels.len() as f64);
+    metrics.insert("embedding_dim".into(), d as f64);
+    Ok(metrics)
+}
+
+/// Runs one recipe. `caches` holds feature maps already computed by earlier recipes of the
+/// same process (same backbone, data, input size, views and seed), and receives this run's.
+pub fn run_recipe<B: AutodiffBackend>(
+    recipe: &CbirRecipe,
+    ctx: &RetrievalContext,
+    caches: &mut Vec<SharedCache>,
+    device: &B::Device,
+) -> Result<ResultRecord, TrainError> {
+    let started = Instant::now();
+    let run_dir = &ctx.run_dir;
+    if run_dir.exists() {
+        return Err(TrainError::RunExists(run_dir.clone()));
+    }
+    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+    write_atomic(&run_dir.join("recipe.toml"), recipe.to_toml().as_bytes())?;
+    let ds = retrieval_dataset(recipe, ctx.data_root.as_deref())?;
+    let net: Network<B::InnerBackend> = build_backbone(recipe, &ctx.pretrained, device)?;
+    let method = recipe.method.name;
+    let mut deviations = recipe.report.deviations.clone();
+    let (trained_layers, epochs, batch, optimizer, tta);
+    let metrics = if method.is_trained() {
+        let t = &recipe.train;
+        let key = format!("{}|{}|{}|{}|{}|{}", recipe.model.backbone, ds.root.display(), recipe.data.crop, recipe.data.resize, t.views, t.seed);
+        if !caches.iter().any(|c| c.key == key) {
+            let cache = FrozenCache::build(
+                &net,
+                net.num_stages(),
+                t.views,
+                &ds.train,
+                &recipe.train_transform(),
+                &ds.test,
+                &recipe.eval_transform(),
+                false,
+                t.seed,
+                recipe.data.skip_bad,
+                device,
+                ctx.progress,
+            )?;
+            caches.push(SharedCache { key: key.clone(), cache });
+        }
+        let cache = &caches.iter().find(|c| c.key == key).expect("just inserted").cache;
+        let train_labels: Vec<usize> = ds.train.iter().map(|r| r.label).collect();
+        let test_labels: Vec<usize> = ds.test.iter().map(|r| r.label).collect();
+        // Class weights are indexed by training class: remap labels to 0..n_train.
+        let mut train_classes: Vec<usize> = train_labels.clone();
+        train_classes.sort_unstable();
+        train_classes.dedup();
+        let local: Vec<usize> = train_labels.iter().map(|l| train_classes.binary_search(l).expect("present")).collect();
+        let emb = train_head::<B>(recipe, cache, &local, &test_labels, train_classes.len(), run_dir, ctx.progress, device)?;
+        deviations.push(format!(
+            "backbone frozen at its ImageNet weights: only the embedding head (avg+max pooling, linear {} -> {}{}) is trained, on feature maps cached for {} augmented views per training image",
+            2 * cache.shape[0],
+            emb.dim,
+            if method.has_class_weights() { ", plus one weight vector per training class" } else { "" },
+            t.views
+        ));
+        trained_layers = "embedding head only (backbone frozen)".to_string();
+        epochs = emb.epochs.len();
+        batch = t.classes_per_batch * t.images_per_class;
+        optimizer = format!(
+            "AdamW lr {} (cosine decay), weight decay {}, class weights at {}x lr; batches of {} classes x {} images",
+            t.lr, t.weight_decay, t.class_weight_lr_mult, t.classes_per_batch, t.images_per_class
+        );
+        tta = "none".to_string();
+        evaluate_embeddings(recipe, &emb.train, &emb.test, emb.dim, &emb.test_labels)?
+    } else {
+        let agg = Aggregator::ScdaFlipPlus;
+        let test = extract(&net, &ds.test, &recipe.eval_transform(), agg, recipe.data.skip_bad, device, ctx.progress)?;
+        let train = if recipe.eval.pca_whiten > 0 {
+            extract(&net, &ds.train, &recipe.eval_transform(), agg, recipe.data.skip_bad, device, ctx.progress)?.vectors
+        } else {
+            Vec::new()
+        };
+        let labels: Vec<usize> = test.kept.iter().map(|&i| ds.test[i].label).collect();
+        trained_layers = "none (unsupervised: ImageNet features)".into();
+        epochs = 0;
+        batch = 0;
+        optimizer = "none".into();
+        tta = "flip (SCDA_flip+: descriptors of the image and its mirror averaged)".into();
+        let mut m = evaluate_embeddings(recipe, &train, &test.vectors, test.dim, &labels)?;
+        m.insert("skipped_images".into(), test.skipped.len() as f64);
+        m
+    };
+    if method.equation_reconstructed() {
+        deviations.push(
+            "loss equation reconstructed from the paper's abstract and the survey's description, not from the paper's text (see the method file's header)"
+                .into(),
+        );
+    }
+    let record = ResultRecord {
+        schema: RECORD_SCHEMA,
+        table: recipe.report.table.clone(),
+        method: recipe.report.method.clone(),
+        dataset: recipe.report.dataset.clone(),
+        data: recipe.data.description.clone().unwrap_or_else(|| format!("{} ({} train / {} test images)", ds.name, ds.train.len(), ds.test.len())),
+        backbone: recipe.model.backbone.display_name().to_string(),
+        resolution: recipe.data.crop,
+        paper_resolution: recipe.report.paper_resolution,
+        protocol: Protocol {
+            split: ds.split_note.clone(),
+            train_transform: if method.is_trained() { describe_transform(&recipe.train_transform()) } else { "none (no training)".into() },
+            eval_transform: describe_transform(&recipe.eval_transform()),
+            tta,
+            checkpoint: if method.is_trained() { "last epoch".into() } else { "none".into() },
+            seeds: vec![recipe.train.seed],
+            epochs,
+            batch_size: batch,
+            optimizer,
+            trained_layers,
+        },
+        seed: recipe.train.seed,
+        metrics,
+        deviations,
+        git_revision: ctx.git_revision.clone(),
+        burn_version: BURN_VERSION.into(),
+        device: ctx.device_name.clone(),
+        wall_time_s: started.elapsed().as_secs_f64(),
+        created_utc: now_utc_rfc3339(),
+        run_dir: run_dir.display().to_string(),
+    };
+    write_json_atomic(&run_dir.join("result.json"), &record)?;
+    Ok(record)
+}

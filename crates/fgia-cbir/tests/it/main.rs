@@ -1,0 +1,4 @@
+//! Integration tests of fgia-cbir.
+
+mod losses;
+mod pipeline;

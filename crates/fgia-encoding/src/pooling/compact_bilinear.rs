@@ -1,0 +1,61 @@
+//! Compact bilinear pooling with Random Maclaurin features.
+//!
+//! Gao, Beijbom, Zhang and Darrell, "Compact Bilinear Pooling", CVPR 2016, §3.2, Algorithm 1
+//! (RM): with two fixed random matrices `W₁, W₂ ∈ {−1, +1}^{d×C}` (Rademacher),
+//! `φ(x) = (1/√d) (W₁ x) ∘ (W₂ x)`, so that `E⟨φ(x), φ(y)⟩ = ⟨x, y⟩²`; the descriptor is the sum
+//! of `φ` over locations, followed (as for B-CNN) by the signed square root and ℓ2.
+//!
+//! The projections are fixed (not learned), as in the paper's reported setting. The Tensor
+//! Sketch variant (Algorithm 2) needs an FFT with a gradient, which burn 0.21's autodiff does
+//! not provide (`rfft` is forward-only there); it is not in this file.
+
+use burn::prelude::*;
+use fgia_core::rng::SplitMix64;
+
+use super::descriptors;
+
+/// The fixed random projections of an RM layer (constants, not parameters).
+#[derive(Debug, Clone)]
+pub struct RandomMaclaurin<B: Backend> {
+    /// `[d, C]`.
+    w1: Tensor<B, 2>,
+    /// `[d, C]`.
+    w2: Tensor<B, 2>,
+}
+
+fn rademacher(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    let mut g = SplitMix64::new(seed);
+    (0..rows * cols).map(|_| if g.coin() { 1.0 } else { -1.0 }).collect()
+}
+
+impl<B: Backend> RandomMaclaurin<B> {
+    /// Projections from `c` channels to `d` dimensions, drawn from `seed`.
+    pub fn new(c: usize, d: usize, seed: u64, device: &B::Device) -> Self {
+        let w1 = Tensor::from_data(TensorData::new(rademacher(d, c, seed), [d, c]), device);
+        let w2 = Tensor::from_data(TensorData::new(rademacher(d, c, seed ^ 0x5151_5151), [d, c]), device);
+        RandomMaclaurin { w1, w2 }
+    }
+
+    /// The RM feature of single vectors (for the kernel-approximation property).
+    ///
+    /// # Shapes
+    /// `[N, C]` to `[N, d]`.
+    pub fn features(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let d = self.w1.dims()[0];
+        x.clone().matmul(self.w1.clone().transpose()) * x.matmul(self.w2.clone().transpose()) / (d as f32).sqrt()
+    }
+
+    /// Sum over locations of the RM features (before normalisation).
+    ///
+    /// # Shapes
+    /// `[B, C, h, w]` to `[B, d]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let d = self.w1.dims()[0];
+        let x = descriptors(x); // [B, C, M]
+        let [b, c, m] = x.dims();
+        let cols = x.swap_dims(0, 1).reshape([c, b * m]); // [C, B M]
+        let a = self.w1.clone().matmul(cols.clone()); // [d, B M]
+        let p = self.w2.clone().matmul(cols); // [d, B M]
+        (a * p).reshape([d, b, m]).sum_dim(2).reshape([d, b]).transpose() / (d as f32).sqrt()
+    }
+}

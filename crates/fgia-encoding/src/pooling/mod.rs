@@ -1,0 +1,55 @@
+//! High-order pooling layers (§5.2.1).
+
+pub mod bcnn;
+pub mod compact_bilinear;
+pub mod isqrt_cov;
+pub mod mpn_cov;
+
+use burn::prelude::*;
+
+/// `[B, C, h, w]` to `[B, C, M]` with `M = h w` (the descriptors of one image as columns).
+pub fn descriptors<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h * w])
+}
+
+/// Sample covariance of the descriptors, `Σ = (1/M) X Ī Xᵀ` with `Ī = I − 11ᵀ/M` (the
+/// covariance pooling of MPN-COV and iSQRT-COV).
+///
+/// # Shapes
+/// `[B, C, M]` to `[B, C, C]`.
+pub fn covariance<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let m = x.dims()[2];
+    let centred = x.clone() - x.mean_dim(2); // [B, C, M]
+    centred.clone().matmul(centred.swap_dims(1, 2)) / m as f32
+}
+
+/// The upper triangle (diagonal included, row-major) of each matrix: `C (C + 1) / 2` values.
+///
+/// # Shapes
+/// `[B, C, C]` to `[B, C (C + 1) / 2]`.
+pub fn upper_triangle<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [b, c, _] = a.dims();
+    let idx: Vec<i64> = (0..c).flat_map(|i| (i..c).map(move |j| (i * c + j) as i64)).collect();
+    let n = idx.len();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &a.device());
+    a.reshape([b, c * c]).select(1, idx)
+}
+
+/// Signed square root `sign(x) √(|x| + ε)` followed by ℓ2 normalisation of each row: the
+/// normalisation of bilinear features (Lin et al., ICCV 2015).
+pub fn sqrt_l2<B: Backend>(z: Tensor<B, 2>, eps: f64) -> Tensor<B, 2> {
+    fgia_nn::ops::l2_normalize(fgia_nn::ops::signed_sqrt(z, eps), 1e-12)
+}
+
+/// Identity matrices `[B, C, C]`.
+pub(crate) fn eye<B: Backend>(b: usize, c: usize, device: &B::Device) -> Tensor<B, 3> {
+    Tensor::<B, 2>::eye(c, device).unsqueeze::<3>().repeat_dim(0, b)
+}
+
+/// Trace of each matrix, `[B, 1, 1]`.
+pub(crate) fn trace<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, c, _] = a.dims();
+    let device = a.device();
+    (a * eye::<B>(1, c, &device)).sum_dim(2).sum_dim(1).reshape([b, 1, 1])
+}

@@ -1,0 +1,159 @@
+//! Pooling layers against PyTorch (`tests/fixtures/make_pooling_reference.py`, float64) and
+//! their mathematical properties.
+//!
+//! Tolerances: outputs and input gradients within 1e-4 absolute plus 1e-3 relative of the
+//! reference (we compute in float32; MPN-COV's eigendecomposition in float64).
+
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use fgia_encoding::pooling::{bcnn, compact_bilinear::RandomMaclaurin, covariance, descriptors, isqrt_cov, mpn_cov};
+use serde::Deserialize;
+
+type B = Autodiff<Flex>;
+
+#[derive(Deserialize)]
+struct Reference {
+    x: Vec<f64>,
+    shape: [usize; 4],
+    layers: std::collections::BTreeMap<String, LayerRef>,
+}
+
+#[derive(Deserialize)]
+struct LayerRef {
+    y: Vec<f64>,
+    y_shape: [usize; 2],
+    r: Vec<f64>,
+    grad_x: Vec<f64>,
+}
+
+fn reference() -> Reference {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pooling_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(p).expect("fixture")).expect("valid fixture")
+}
+
+fn close(what: &str, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: size");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(((g as f64) - w).abs() <= 1e-4 + 1e-3 * w.abs(), "{what}[{i}]: {g} vs PyTorch {w}");
+    }
+}
+
+fn check(name: &str, f: impl Fn(Tensor<B, 4>) -> Tensor<B, 2>) {
+    let r = reference();
+    let l = &r.layers[name];
+    let dev = Default::default();
+    let x = Tensor::<B, 4>::from_data(TensorData::new(r.x.iter().map(|&v| v as f32).collect::<Vec<_>>(), r.shape), &dev).require_grad();
+    let y = f(x.clone());
+    assert_eq!(y.dims(), l.y_shape, "{name}: output shape");
+    let yv: Vec<f32> = y.clone().into_data().to_vec().expect("f32");
+    close(&format!("{name} output"), &yv, &l.y);
+    let rt = Tensor::<B, 2>::from_data(TensorData::new(l.r.iter().map(|&v| v as f32).collect::<Vec<_>>(), l.y_shape), &dev);
+    let grads = (y * rt).sum().backward();
+    let gx: Vec<f32> = x.grad(&grads).expect("gradient reaches the input").into_data().to_vec().expect("f32");
+    close(&format!("{name} grad x"), &gx, &l.grad_x);
+}
+
+#[test]
+fn bilinear_pooling_matches_pytorch() {
+    check("bcnn", bcnn::bilinear_pool);
+}
+
+#[test]
+fn isqrt_cov_matches_pytorch() {
+    check("isqrt_cov", |x| isqrt_cov::isqrt_cov(x, isqrt_cov::ITERATIONS));
+}
+
+#[test]
+fn mpn_cov_matches_pytorch_eigh() {
+    check("mpn_cov", |x| mpn_cov::mpn_cov(x, mpn_cov::ALPHA));
+}
+
+/// A symmetric positive definite `[1, c, c]` matrix with eigenvalues in `[1, 3]`.
+fn spd(c: usize, seed: u64) -> Vec<f32> {
+    let mut g = fgia_core::rng::SplitMix64::new(seed);
+    // Random orthogonal basis by Gram-Schmidt.
+    let mut q: Vec<Vec<f64>> = Vec::new();
+    while q.len() < c {
+        let mut v: Vec<f64> = (0..c).map(|_| g.next_f64() - 0.5).collect();
+        for u in &q {
+            let d: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+            v.iter_mut().zip(u).for_each(|(a, b)| *a -= d * b);
+        }
+        let n = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        if n > 1e-6 {
+            q.push(v.into_iter().map(|a| a / n).collect());
+        }
+    }
+    let lam: Vec<f64> = (0..c).map(|i| 1.0 + 2.0 * i as f64 / (c - 1) as f64).collect();
+    (0..c * c).map(|k| (0..c).map(|i| lam[i] * q[i][k / c] * q[i][k % c]).sum::<f64>() as f32).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Newton-Schulz square root squared gives the input back on well-conditioned inputs, and
+/// MPN-COV's eigendecomposition square root does too.
+#[test]
+fn matrix_square_roots_square_to_the_input() {
+    let dev = Default::default();
+    let c = 8;
+    let a = spd(c, 3);
+    let t = Tensor::<Flex, 3>::from_data(TensorData::new(a.clone(), [1, c, c]), &dev);
+    let y = isqrt_cov::newton_schulz_sqrt(t.clone(), 20);
+    let y2: Vec<f32> = y.clone().matmul(y).into_data().to_vec().expect("f32");
+    assert!(max_abs_diff(&y2, &a) < 1e-3, "Newton-Schulz: |Y² − A| = {}", max_abs_diff(&y2, &a));
+    let q = mpn_cov::matrix_power(t, 0.5);
+    let q2: Vec<f32> = q.clone().matmul(q).into_data().to_vec().expect("f32");
+    assert!(max_abs_diff(&q2, &a) < 1e-4, "eigendecomposition: |Q² − A| = {}", max_abs_diff(&q2, &a));
+    // Five iterations (the paper's setting) already give a close square root.
+    let t5 = Tensor::<Flex, 3>::from_data(TensorData::new(a.clone(), [1, c, c]), &dev);
+    let y = isqrt_cov::newton_schulz_sqrt(t5, isqrt_cov::ITERATIONS);
+    let y2: Vec<f32> = y.clone().matmul(y).into_data().to_vec().expect("f32");
+    assert!(max_abs_diff(&y2, &a) < 0.1, "5 iterations: |Y² − A| = {}", max_abs_diff(&y2, &a));
+}
+
+/// B-CNN's output has unit ℓ2 norm.
+#[test]
+fn bilinear_output_is_unit_length() {
+    let dev = Default::default();
+    let x = Tensor::<Flex, 4>::random([3, 5, 4, 4], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
+    let y = bcnn::bilinear_pool(x);
+    let norms: Vec<f32> = y.powi_scalar(2).sum_dim(1).sqrt().into_data().to_vec().expect("f32");
+    assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5), "{norms:?}");
+}
+
+/// Random Maclaurin features approximate the second-order polynomial kernel:
+/// averaged over independent projections, ⟨φ(x), φ(y)⟩ ≈ ⟨x, y⟩².
+#[test]
+fn random_maclaurin_approximates_the_squared_inner_product() {
+    let dev = Default::default();
+    let x = Tensor::<Flex, 2>::from_data([[0.3f32, -0.2, 0.5, 0.1, 0.4, -0.3]], &dev);
+    let y = Tensor::<Flex, 2>::from_data([[0.2f32, -0.1, 0.4, 0.2, 0.3, -0.2]], &dev);
+    let exact: f32 = (x.clone() * y.clone()).sum().into_scalar();
+    let exact = exact * exact;
+    let trials = 300;
+    let mut mean = 0.0f64;
+    for seed in 0..trials {
+        let rm = RandomMaclaurin::<Flex>::new(6, 64, seed, &dev);
+        let v: f32 = (rm.features(x.clone()) * rm.features(y.clone())).sum().into_scalar();
+        mean += v as f64 / trials as f64;
+    }
+    assert!((mean - exact as f64).abs() < 0.1 * exact as f64 + 1e-3, "mean {mean} vs exact {exact}");
+    // The pooled layer is the sum of the per-location features.
+    let rm = RandomMaclaurin::<Flex>::new(6, 16, 1, &dev);
+    let map = Tensor::<Flex, 4>::random([2, 6, 2, 3], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
+    let pooled: Vec<f32> = rm.forward(map.clone()).into_data().to_vec().expect("f32");
+    let cols = descriptors(map).swap_dims(1, 2).reshape([12, 6]); // [B*M, C]
+    let per: Vec<f32> = rm.features(cols).reshape([2, 6, 16]).sum_dim(1).reshape([2, 16]).into_data().to_vec().expect("f32");
+    assert!(max_abs_diff(&pooled, &per) < 1e-4);
+}
+
+/// Covariance pooling by hand: two descriptors (1, 0) and (3, 2): mean (2, 1), Σ = [[1, 1], [1, 1]].
+#[test]
+fn covariance_by_hand() {
+    let dev = Default::default();
+    let x = Tensor::<Flex, 3>::from_data(TensorData::new(vec![1.0f32, 3.0, 0.0, 2.0], [1, 2, 2]), &dev);
+    let s: Vec<f32> = covariance(x).into_data().to_vec().expect("f32");
+    assert_eq!(s, vec![1.0, 1.0, 1.0, 1.0]);
+}
