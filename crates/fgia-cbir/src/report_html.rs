@@ -13,8 +13,14 @@ fn esc(s: &str) -> String {
 
 fn thumbnail(src: &Path, dst: &Path) -> Result<(), String> {
     let img = fgia_core::imaging::load_rgb(src).map_err(|e| e.to_string())?;
-    let t = image::imageops::thumbnail(&img, 160.min(img.width()), (160 * img.height() / img.width().max(1)).max(1));
-    t.save(dst).map_err(|e| format!("{}: {e}", dst.display()))
+    // Fit inside 160 x 160, keeping the aspect ratio.
+    let scale = 160.0 / img.width().max(img.height()).max(1) as f64;
+    let (w, h) = (((img.width() as f64 * scale).round() as u32).max(1), ((img.height() as f64 * scale).round() as u32).max(1));
+    image::imageops::thumbnail(&img, w, h).save(dst).map_err(|e| format!("{}: {e}", dst.display()))
+}
+
+fn file_name(p: &str) -> &str {
+    p.rsplit(['/', '\\']).next().unwrap_or(p)
 }
 
 /// Writes `page` with the query and `(item, distance)` results; returns the page path.
@@ -25,32 +31,34 @@ pub fn write_query_page(page: &Path, query: &Path, results: &[(&IndexItem, f32)]
     let cell = |i: usize, path: &Path| -> String {
         let name = format!("{i:03}.png");
         match thumbnail(path, &dir.join(&name)) {
-            Ok(()) => format!("<img src=\"{}/{name}\" alt=\"\">", esc(&format!("{stem}_files"))),
+            Ok(()) => format!("<div class=\"t\"><img src=\"{}/{name}\" alt=\"\"></div>", esc(&format!("{stem}_files"))),
             Err(e) => format!("<div class=\"bad\">unreadable: {}</div>", esc(&e)),
         }
     };
     let mut body = String::new();
     let _ = write!(
         body,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Query: {}</title><style>body{{font-family:sans-serif;margin:2em}}figure{{display:inline-block;margin:.5em;text-align:center;font-size:12px;width:170px;vertical-align:top}}img{{border:1px solid #ccc}}.q img{{border:3px solid #1f77b4}}.bad{{color:#a00}}</style></head><body>",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Query: {}</title><style>body{{font-family:sans-serif;margin:2em}}figure{{display:inline-block;margin:.5em;text-align:center;font-size:12px;width:170px;vertical-align:top}}.t{{height:164px;display:flex;align-items:center;justify-content:center}}figcaption{{word-break:break-all}}img{{border:1px solid #ccc}}.q img{{border:3px solid #1f77b4}}.bad{{color:#a00}}</style></head><body>",
         esc(&query.display().to_string())
     );
     let _ = write!(
         body,
-        "<h1>Query</h1><p>Index: <code>{}</code></p><figure class=\"q\">{}<figcaption>{}</figcaption></figure>",
+        "<h1>Query</h1><p>Index: <code>{}</code>. Distances are 1 − cosine similarity (cosine index) or euclidean.</p><figure class=\"q\" title=\"{}\">{}<figcaption>{}</figcaption></figure>",
         esc(&index_path.display().to_string()),
+        esc(&query.display().to_string()),
         cell(0, query),
-        esc(&query.display().to_string())
+        esc(file_name(&query.display().to_string()))
     );
     let _ = write!(body, "<h2>Top {} results</h2>", results.len());
     for (r, (item, d)) in results.iter().enumerate() {
         let _ = write!(
             body,
-            "<figure>{}<figcaption>#{} &middot; distance {:.4}<br>{}{}</figcaption></figure>",
+            "<figure title=\"{}\">{}<figcaption>#{} &middot; distance {:.4}<br>{}{}</figcaption></figure>",
+            esc(&item.path),
             cell(r + 1, Path::new(&item.path)),
             r + 1,
-            d,
-            esc(&item.path),
+            d.max(0.0),
+            esc(file_name(&item.path)),
             item.label.as_ref().map(|l| format!("<br><b>{}</b>", esc(l))).unwrap_or_default()
         );
     }

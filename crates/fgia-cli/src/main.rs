@@ -226,9 +226,14 @@ struct InfoArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.device {
+    let result = match cli.device {
         DeviceArg::Cpu => commands::run::<burn::backend::Flex>(cli.command, Default::default(), cpu_name()),
         DeviceArg::Cuda => run_cuda(cli.command),
+    };
+    match result {
+        // The reader of our output went away (`fgia query ... | head`): not an error.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => Ok(()),
+        r => r,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Retrieval commands: `retrieval` (run Table 5 recipes), `index` (index a folder of images)
 //! and `query` (search an index with images, print the top-K and write an HTML page).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -108,13 +109,16 @@ pub fn query<B: Backend>(a: QueryArgs, device: B::Device) -> Result<()> {
     let aggregator: Aggregator = ex_info.aggregator.parse().map_err(anyhow::Error::msg)?;
     let (net, transform) = backbone_and_transform::<B>(&ex_info.backbone, ex_info.resolution, a.weights.as_deref(), &device)?;
     let ex = extract(&net, &records_for(&a.images), &transform, aggregator, false, &device, false)?;
+    // Written with `writeln!` so that a closed pipe (`fgia query ... | head`) ends the command
+    // quietly instead of panicking.
+    let mut out = std::io::stdout().lock();
     for (row, &i) in ex.kept.iter().enumerate() {
         let q = &ex.vectors[row * ex.dim..(row + 1) * ex.dim];
         let results = idx.search(q, a.top);
-        println!("{}", a.images[i].display());
+        writeln!(out, "{}", a.images[i].display())?;
         for (r, (j, d)) in results.iter().enumerate() {
             let item = &idx.header.items[*j];
-            println!("  {:>3}. {d:.4}  {}{}", r + 1, item.path, item.label.as_ref().map(|l| format!("  [{l}]")).unwrap_or_default());
+            writeln!(out, "  {:>3}. {:.4}  {}{}", r + 1, d.max(0.0), item.path, item.label.as_ref().map(|l| format!("  [{l}]")).unwrap_or_default())?;
         }
         if let Some(html) = &a.html {
             let page = if a.images.len() > 1 {
@@ -124,7 +128,7 @@ pub fn query<B: Backend>(a: QueryArgs, device: B::Device) -> Result<()> {
             };
             let shown: Vec<(&IndexItem, f32)> = results.iter().map(|&(j, d)| (&idx.header.items[j], d)).collect();
             let p = fgia_cbir::report_html::write_query_page(&page, &a.images[i], &shown, &a.index).map_err(anyhow::Error::msg)?;
-            println!("  page: {}", p.display());
+            writeln!(out, "  page: {}", p.display())?;
         }
     }
     Ok(())
