@@ -7,8 +7,8 @@
 //! - power normalisation `Q = U Λ^α Uᵀ`, `α = ½` (eq. 3);
 //! - the upper triangle of `Q` as the descriptor.
 //!
-//! burn 0.21 has no eigendecomposition, so `U, Λ` come from our symmetric Jacobi solver
-//! (`fgia_core::linalg`, in f64, the batch in parallel). The backward is the paper's (§3.2,
+//! burn 0.21 has no eigendecomposition, so `U, Λ` come from our symmetric eigensolver
+//! (`fgia_core::linalg`, Householder + implicit QL in f64, the batch in parallel). The backward is the paper's (§3.2,
 //! after Ionescu et al., ICCV 2015), written in the equivalent Daleckii-Krein form: for a
 //! symmetric perturbation `dΣ`,
 //!
