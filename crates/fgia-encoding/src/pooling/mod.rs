@@ -3,6 +3,7 @@
 pub mod bcnn;
 pub mod compact_bilinear;
 pub mod isqrt_cov;
+pub mod lrbp;
 pub mod mpn_cov;
 
 use burn::prelude::*;

@@ -6,7 +6,7 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use fgia_encoding::pooling::{bcnn, compact_bilinear::RandomMaclaurin, covariance, descriptors, isqrt_cov, mpn_cov};
+use fgia_encoding::pooling::{bcnn, compact_bilinear::RandomMaclaurin, covariance, descriptors, isqrt_cov, lrbp::LowRankBilinear, mpn_cov};
 use serde::Deserialize;
 
 type B = Autodiff<Flex>;
@@ -16,6 +16,16 @@ struct Reference {
     x: Vec<f64>,
     shape: [usize; 4],
     layers: std::collections::BTreeMap<String, LayerRef>,
+    lrbp_weights: LrbpWeights,
+}
+
+#[derive(Deserialize)]
+struct LrbpWeights {
+    u: Vec<f64>,
+    v: Vec<f64>,
+    b: Vec<f64>,
+    classes: usize,
+    rank: usize,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +76,26 @@ fn isqrt_cov_matches_pytorch() {
 #[test]
 fn mpn_cov_matches_pytorch_eigh() {
     check("mpn_cov", |x| mpn_cov::mpn_cov(x, mpn_cov::ALPHA));
+}
+
+#[test]
+fn low_rank_bilinear_matches_pytorch() {
+    let r = reference();
+    let w = &r.lrbp_weights;
+    let c = r.shape[1];
+    let dev = Default::default();
+    let t = |v: &[f64], shape: [usize; 2]| Tensor::<B, 2>::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape), &dev);
+    let layer = LowRankBilinear::from_weights(
+        t(&w.u, [w.classes * w.rank, c]),
+        t(&w.v, [w.classes * w.rank, c]),
+        Tensor::<B, 1>::from_data(TensorData::new(w.b.iter().map(|&x| x as f32).collect::<Vec<_>>(), [w.classes]), &dev),
+        w.rank,
+    );
+    check("lrbp", |x| layer.forward(x));
+    // Gradients also reach the low-rank factors.
+    let x = Tensor::<B, 4>::from_data(TensorData::new(r.x.iter().map(|&v| v as f32).collect::<Vec<_>>(), r.shape), &dev);
+    let grads = layer.forward(x).sum().backward();
+    assert!(layer.u.grad(&grads).is_some() && layer.v.grad(&grads).is_some() && layer.bias.grad(&grads).is_some());
 }
 
 /// A symmetric positive definite `[1, c, c]` matrix with eigenvalues in `[1, 3]`.
