@@ -178,17 +178,5 @@ pub fn list_images(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
 
 /// Records for plain image files (label 0).
 pub fn records_for(paths: &[PathBuf]) -> Vec<Record> {
-    paths
-        .iter()
-        .map(|p| Record {
-            path: p.clone(),
-            label: 0,
-            id: p.display().to_string(),
-            bbox: None,
-            objects: Vec::new(),
-            parts: Vec::new(),
-            levels: Vec::new(),
-            trim_bottom: 0,
-        })
-        .collect()
+    paths.iter().map(|p| Record::new(p.clone(), 0, p.display().to_string())).collect()
 }

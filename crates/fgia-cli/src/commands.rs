@@ -151,20 +151,7 @@ fn load_for_inference<B: Backend>(run_dir: Option<&Path>, backbone: Option<&str>
 
 fn predict<B: Backend>(a: PredictArgs, device: B::Device) -> Result<()> {
     let m = load_for_inference::<B>(a.run_dir.as_deref(), a.backbone.as_deref(), a.resolution, &device)?;
-    let records: Vec<Record> = a
-        .images
-        .iter()
-        .map(|p| Record {
-            path: p.clone(),
-            label: 0,
-            id: p.display().to_string(),
-            bbox: None,
-            objects: Vec::new(),
-            parts: Vec::new(),
-            levels: Vec::new(),
-            trim_bottom: 0,
-        })
-        .collect();
+    let records: Vec<Record> = fgia_cbir::extract::records_for(&a.images);
     let c = m.transform.crop as usize;
     for (i, rec) in records.iter().enumerate() {
         let batch = load_batch(&records, &[i], &m.transform, 0, 0, false)?;

@@ -228,34 +228,26 @@ fn tiled_top_k(q: &Prepared, g: &Prepared, k: usize, distance: Distance, exclude
     const GB: usize = 4096;
     let pairs: Vec<(usize, usize)> = (0..nq.div_ceil(QB)).flat_map(|i| (0..ng.div_ceil(GB)).map(move |j| (i, j))).collect();
     let alpha = if distance == Distance::Cosine { 1.0 } else { 2.0 };
-    pairs
-        .into_par_iter()
-        .fold(
-            || (TopLists::new(nq, k), Vec::<f32>::new()),
-            |(mut top, mut buf), (bi, bj)| {
-                let (r0, c0) = (bi * QB, bj * GB);
-                let (rows, cols) = (QB.min(nq - r0), GB.min(ng - c0));
-                buf.resize(rows * cols, 0.0);
-                matmul_nt(&mut buf, &q.data[r0 * d..(r0 + rows) * d], &g.data[c0 * d..(c0 + cols) * d], rows, cols, d, alpha);
-                for r in 0..rows {
-                    let i = r0 + r;
-                    let line = &mut buf[r * cols..(r + 1) * cols];
-                    if distance == Distance::Euclidean {
-                        line.iter_mut().zip(&g.sq_norms[c0..c0 + cols]).for_each(|(s, gn)| *s -= gn);
-                    }
-                    for (c, &s) in line.iter().enumerate() {
-                        let j = c0 + c;
-                        if s.is_nan() || (exclude_self && j == i) {
-                            continue;
-                        }
-                        top.offer(i, s, j as u32);
-                    }
+    fold_tiles(nq, k, pairs, |top, buf, bi, bj| {
+        let (r0, c0) = (bi * QB, bj * GB);
+        let (rows, cols) = (QB.min(nq - r0), GB.min(ng - c0));
+        buf.resize(rows * cols, 0.0);
+        matmul_nt(buf, &q.data[r0 * d..(r0 + rows) * d], &g.data[c0 * d..(c0 + cols) * d], rows, cols, d, alpha);
+        for r in 0..rows {
+            let i = r0 + r;
+            let line = &mut buf[r * cols..(r + 1) * cols];
+            if distance == Distance::Euclidean {
+                line.iter_mut().zip(&g.sq_norms[c0..c0 + cols]).for_each(|(s, gn)| *s -= gn);
+            }
+            for (c, &s) in line.iter().enumerate() {
+                let j = c0 + c;
+                if s.is_nan() || (exclude_self && j == i) {
+                    continue;
                 }
-                (top, buf)
-            },
-        )
-        .map(|(top, _)| top)
-        .reduce(|| TopLists::new(nq, k), TopLists::merge)
+                top.offer(i, s, j as u32);
+            }
+        }
+    })
 }
 
 /// The `k` best other items of every item of one set, using the symmetry of the score matrix:
@@ -269,38 +261,49 @@ fn self_top_k(p: &Prepared, k: usize, distance: Distance) -> TopLists {
     let blocks = n.div_ceil(B);
     let pairs: Vec<(usize, usize)> = (0..blocks).flat_map(|i| (i..blocks).map(move |j| (i, j))).collect();
     let alpha = if distance == Distance::Cosine { 1.0 } else { 2.0 };
+    fold_tiles(n, k, pairs, |top, buf, bi, bj| {
+        let (r0, c0) = (bi * B, bj * B);
+        let (rows, cols) = (B.min(n - r0), B.min(n - c0));
+        buf.resize(rows * cols, 0.0);
+        matmul_nt(buf, &p.data[r0 * d..(r0 + rows) * d], &p.data[c0 * d..(c0 + cols) * d], rows, cols, d, alpha);
+        for r in 0..rows {
+            let i = r0 + r;
+            let line = &mut buf[r * cols..(r + 1) * cols];
+            if distance == Distance::Euclidean {
+                let qi = p.sq_norms[i];
+                line.iter_mut().zip(&p.sq_norms[c0..c0 + cols]).for_each(|(s, g)| *s -= qi + g);
+            }
+            // On a diagonal block only the upper triangle is used, so every pair has one score.
+            let start = if bi == bj { r + 1 } else { 0 };
+            for (c, &s) in line.iter().enumerate().skip(start) {
+                if s.is_nan() {
+                    continue;
+                }
+                let j = c0 + c;
+                top.offer(i, s, j as u32);
+                top.offer(j, s, i as u32);
+            }
+        }
+    })
+}
+
+/// Runs `tile(top, scratch, bi, bj)` for every tile pair in parallel, each worker with its own
+/// lists and scratch buffer, then merges the lists (the merge does not depend on the order).
+fn fold_tiles<F>(rows: usize, k: usize, pairs: Vec<(usize, usize)>, tile: F) -> TopLists
+where
+    F: Fn(&mut TopLists, &mut Vec<f32>, usize, usize) + Sync + Send,
+{
     pairs
         .into_par_iter()
         .fold(
-            || (TopLists::new(n, k), Vec::<f32>::new()),
+            || (TopLists::new(rows, k), Vec::<f32>::new()),
             |(mut top, mut buf), (bi, bj)| {
-                let (r0, c0) = (bi * B, bj * B);
-                let (rows, cols) = (B.min(n - r0), B.min(n - c0));
-                buf.resize(rows * cols, 0.0);
-                matmul_nt(&mut buf, &p.data[r0 * d..(r0 + rows) * d], &p.data[c0 * d..(c0 + cols) * d], rows, cols, d, alpha);
-                for r in 0..rows {
-                    let i = r0 + r;
-                    let line = &mut buf[r * cols..(r + 1) * cols];
-                    if distance == Distance::Euclidean {
-                        let qi = p.sq_norms[i];
-                        line.iter_mut().zip(&p.sq_norms[c0..c0 + cols]).for_each(|(s, g)| *s -= qi + g);
-                    }
-                    // On a diagonal block only the upper triangle is used, so every pair has one score.
-                    let start = if bi == bj { r + 1 } else { 0 };
-                    for (c, &s) in line.iter().enumerate().skip(start) {
-                        if s.is_nan() {
-                            continue;
-                        }
-                        let j = c0 + c;
-                        top.offer(i, s, j as u32);
-                        top.offer(j, s, i as u32);
-                    }
-                }
+                tile(&mut top, &mut buf, bi, bj);
                 (top, buf)
             },
         )
         .map(|(top, _)| top)
-        .reduce(|| TopLists::new(n, k), TopLists::merge)
+        .reduce(|| TopLists::new(rows, k), TopLists::merge)
 }
 
 /// A query's nearest gallery items.

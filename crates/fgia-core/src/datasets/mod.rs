@@ -87,7 +87,8 @@ pub struct Record {
 }
 
 impl Record {
-    fn new(path: PathBuf, label: usize, id: String) -> Self {
+    /// A record with no box, parts or levels.
+    pub fn new(path: PathBuf, label: usize, id: String) -> Self {
         Record { path, label, id, bbox: None, objects: Vec::new(), parts: Vec::new(), levels: Vec::new(), trim_bottom: 0 }
     }
 }
