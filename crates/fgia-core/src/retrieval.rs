@@ -146,25 +146,6 @@ where
     });
 }
 
-/// The `k` best `(index, score)` of one row, best first, ties to the lower index; `skip` is
-/// left out (the query itself).
-fn top_k_of_row(row: &[f32], k: usize, skip: Option<usize>) -> Vec<(usize, f32)> {
-    let mut top: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
-    for (j, &s) in row.iter().enumerate() {
-        if Some(j) == skip || s.is_nan() {
-            continue;
-        }
-        // Indices arrive in increasing order, so an equal score never displaces a kept item.
-        if top.len() == k && s <= top[k - 1].1 {
-            continue;
-        }
-        let pos = top.partition_point(|&(_, t)| t >= s);
-        top.insert(pos, (j, s));
-        top.truncate(k);
-    }
-    top
-}
-
 /// Bounded lists of the best `(score, index)` per row, higher score first, ties to the lower
 /// index. Offers may arrive in any order; the result does not depend on it.
 #[derive(Clone)]
@@ -172,12 +153,11 @@ struct TopLists {
     k: usize,
     /// `k` slots per row; `len[row]` are filled.
     slots: Vec<(f32, u32)>,
-    len: Vec<u8>,
+    len: Vec<u32>,
 }
 
 impl TopLists {
     fn new(rows: usize, k: usize) -> Self {
-        assert!(k <= u8::MAX as usize, "k is limited to 255 for self-retrieval lists");
         TopLists { k, slots: vec![(f32::NEG_INFINITY, u32::MAX); rows * k], len: vec![0; rows] }
     }
 
@@ -319,55 +299,30 @@ pub struct Neighbours {
 /// same set and item `i` is not its own neighbour.
 pub fn knn(queries: Embeddings<'_>, gallery: Embeddings<'_>, k: usize, distance: Distance, exclude_self: bool) -> Vec<Neighbours> {
     assert_eq!(queries.dim, gallery.dim, "queries and gallery differ in dimension");
-    if exclude_self && std::ptr::eq(queries.data, gallery.data) && k <= u8::MAX as usize {
-        let p = prepare(queries, distance);
-        let top = self_top_k(&p, k, distance);
-        return (0..queries.len())
-            .map(|i| Neighbours {
-                indices: top.row(i).iter().map(|&(_, j)| j as usize).collect(),
-                distances: top
-                    .row(i)
-                    .iter()
-                    .map(|&(s, _)| match distance {
-                        Distance::Cosine => 1.0 - s,
-                        Distance::Euclidean => (-s).max(0.0).sqrt(),
-                    })
-                    .collect(),
-            })
-            .collect();
-    }
     let q = prepare(queries, distance);
-    let g = prepare(gallery, distance);
-    if k <= u8::MAX as usize {
-        let top = tiled_top_k(&q, &g, k, distance, exclude_self);
-        return (0..queries.len())
-            .map(|i| Neighbours {
+    // Self-retrieval scores are `-|x_i - x_j|²` (euclidean); query/gallery scores leave out the
+    // query's own `|q|²`, which the conversion adds back.
+    let (top, own_sq_norm) = if exclude_self && std::ptr::eq(queries.data, gallery.data) {
+        (self_top_k(&q, k, distance), false)
+    } else {
+        (tiled_top_k(&q, &prepare(gallery, distance), k, distance, exclude_self), true)
+    };
+    (0..queries.len())
+        .map(|i| {
+            let offset = if own_sq_norm { q.sq_norms[i] } else { 0.0 };
+            Neighbours {
                 indices: top.row(i).iter().map(|&(_, j)| j as usize).collect(),
                 distances: top
                     .row(i)
                     .iter()
                     .map(|&(s, _)| match distance {
                         Distance::Cosine => 1.0 - s,
-                        Distance::Euclidean => (q.sq_norms[i] - s).max(0.0).sqrt(),
+                        Distance::Euclidean => (offset - s).max(0.0).sqrt(),
                     })
                     .collect(),
-            })
-            .collect();
-    }
-    let out: Vec<std::sync::Mutex<Option<Neighbours>>> = (0..queries.len()).map(|_| std::sync::Mutex::new(None)).collect();
-    for_each_score_row(&q, &g, distance, |i, row| {
-        let top = top_k_of_row(row, k, exclude_self.then_some(i));
-        let distances = top
-            .iter()
-            .map(|&(_, s)| match distance {
-                Distance::Cosine => 1.0 - s,
-                Distance::Euclidean => (q.sq_norms[i] - s).max(0.0).sqrt(),
-            })
-            .collect();
-        let n = Neighbours { indices: top.iter().map(|&(j, _)| j).collect(), distances };
-        *out[i].lock().expect("no thread panics while holding this lock") = Some(n);
-    });
-    out.into_iter().map(|m| m.into_inner().expect("lock not poisoned").expect("every query row was visited")).collect()
+            }
+        })
+        .collect()
 }
 
 /// Recall@K for each `k` in `ks`, in percent: every item queries all the others.
@@ -529,10 +484,12 @@ mod tests {
         // distinct vectors ties are everywhere; they must break the same way on both paths.
         let e: Vec<f32> = (0..n * d).map(|_| (g.below(2) as f32) * 2.0 - 1.0).collect();
         let copy = e.clone();
-        for dist in [Distance::Cosine, Distance::Euclidean] {
-            let sym = knn(Embeddings::new(&e, d), Embeddings::new(&e, d), 7, dist, true);
-            let rows = knn(Embeddings::new(&e, d), Embeddings::new(&copy, d), 7, dist, true);
-            assert_eq!(sym, rows, "{dist:?}");
+        // k = 300: lists longer than a byte can count.
+        for (dist, k) in [(Distance::Cosine, 7), (Distance::Euclidean, 7), (Distance::Euclidean, 300)] {
+            let sym = knn(Embeddings::new(&e, d), Embeddings::new(&e, d), k, dist, true);
+            let rows = knn(Embeddings::new(&e, d), Embeddings::new(&copy, d), k, dist, true);
+            assert_eq!(sym, rows, "{dist:?} k={k}");
+            assert!(sym.iter().all(|nb| nb.indices.len() == k));
         }
     }
 

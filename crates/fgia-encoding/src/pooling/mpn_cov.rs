@@ -8,9 +8,9 @@
 //! - the upper triangle of `Q` as the descriptor.
 //!
 //! burn 0.21 has no eigendecomposition, so `U, Λ` come from our symmetric eigensolver
-//! (`fgia_core::linalg`, Householder + implicit QL in f64, the batch in parallel). The backward is the paper's (§3.2,
-//! after Ionescu et al., ICCV 2015), written in the equivalent Daleckii-Krein form: for a
-//! symmetric perturbation `dΣ`,
+//! (`fgia_core::linalg`, Householder + implicit QL in f64, the batch in parallel). The backward
+//! is the paper's (§3.2, after Ionescu et al., ICCV 2015), written in the equivalent
+//! Daleckii-Krein form: for a symmetric perturbation `dΣ`,
 //!
 //! `dQ = U (F ∘ (Uᵀ dΣ U)) Uᵀ`, `F_ij = (λ_i^α − λ_j^α) / (λ_i − λ_j)` for `λ_i ≠ λ_j`,
 //! `F_ii = α λ_i^{α−1}`,
@@ -43,7 +43,11 @@ pub fn matrix_power<B: Backend>(sigma: Tensor<B, 3>, alpha: f64) -> Tensor<B, 3>
         .into_par_iter()
         .map(|i| {
             let a: Vec<f64> = values[i * c * c..(i + 1) * c * c].iter().map(|&v| v as f64).collect();
-            let e = symmetric_eigen(&a, c).unwrap_or_else(|| symmetric_eigen(&vec![0.0; c * c], c).expect("zeros are finite"));
+            let Some(e) = symmetric_eigen(&a, c) else {
+                // A non-finite covariance: the output is NaN too, so that training's NaN check
+                // stops the run instead of continuing on a made-up value.
+                return (vec![0.0; c * c], vec![0.0; c * c], vec![f32::NAN; c * c]);
+            };
             let floor = e.values.first().copied().unwrap_or(0.0).abs() * 1e-10 + f64::MIN_POSITIVE;
             let lam: Vec<f64> = e.values.iter().map(|&l| l.max(floor)).collect();
             let pw: Vec<f64> = lam.iter().map(|l| l.powf(alpha)).collect();
