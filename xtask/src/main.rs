@@ -7,6 +7,7 @@ mod extract;
 mod fetch;
 mod reproduce;
 mod subset;
+mod table2;
 mod verify;
 mod weights;
 
@@ -51,7 +52,7 @@ enum Cmd {
     },
     /// Reproduce a survey table (trains, evaluates, then renders the report).
     Reproduce {
-        /// The table: table4 or table5.
+        /// The table: table2, table4 or table5.
         table: String,
         /// The CPU-sized profile on the small shared subsets (default).
         #[arg(long, conflicts_with = "full")]
@@ -68,6 +69,13 @@ enum Cmd {
         /// Dataset root (default: the shared cub-mini for --smoke, a download for --full).
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Table 2: only these methods (comma-separated registry names; default all).
+        #[arg(long, value_delimiter = ',')]
+        methods: Vec<String>,
+        /// Table 2: only these datasets (comma-separated: cub, cars, dogs, aircraft; default all
+        /// of the profile).
+        #[arg(long, value_delimiter = ',')]
+        datasets: Vec<String>,
     },
     /// Render reports/ (static HTML) from results/.
     Report {
@@ -185,7 +193,7 @@ fn main() -> Result<()> {
             verify::verify(dataset, &root, skip_bad, decode)?;
         }
         Cmd::Weights { command: WeightsCmd::Fetch { backbone } } => fetch_weights(&backbone)?,
-        Cmd::Reproduce { table, smoke: _, full, seeds, device, root } => {
+        Cmd::Reproduce { table, smoke: _, full, seeds, device, root, methods, datasets } => {
             let profile = if full { Profile::Full } else { Profile::Smoke };
             if seeds == 0 {
                 bail!("--seeds must be at least 1");
@@ -233,7 +241,40 @@ fn main() -> Result<()> {
                     };
                     reproduce::table5(&ws, profile, seeds, device, &roots)?;
                 }
-                other => bail!("unknown table '{other}' (this version reproduces: table4, table5)"),
+                "table2" => {
+                    let wanted = |d: &str| datasets.is_empty() || datasets.iter().any(|x| x == d);
+                    for d in &datasets {
+                        if !["cub", "cars", "dogs", "aircraft"].contains(&d.as_str()) {
+                            bail!("unknown dataset '{d}' (cub, cars, dogs, aircraft)");
+                        }
+                    }
+                    let roots: Vec<(&str, PathBuf)> = match profile {
+                        Profile::Smoke => {
+                            weights::fetch_lite0(&fgia_core::paths::weights_dir())?;
+                            reproduce::table5_smoke_roots(&ws, root.as_deref())?.into_iter().filter(|(d, _)| wanted(d)).collect()
+                        }
+                        Profile::Full => {
+                            for bb in ["vgg16", "resnet50", "resnet101"] {
+                                weights::fetch_hub(&format!("timm/{bb}.tv_in1k"), "model.safetensors", &fgia_core::paths::hub_cache_dir())?;
+                            }
+                            let downloads = ws.join("datasets").join("downloads");
+                            let mut v = Vec::new();
+                            for d in ["cub", "dogs", "cars", "aircraft"].into_iter().filter(|d| wanted(d)) {
+                                let r = match (&root, d) {
+                                    (Some(r), "cub") => r.clone(),
+                                    _ => download::download_dataset(&ws, d, &downloads, &[])?,
+                                };
+                                v.push((d, r));
+                            }
+                            v
+                        }
+                    };
+                    if roots.is_empty() {
+                        bail!("no dataset selected");
+                    }
+                    table2::table2(&ws, profile, seeds, device, &roots, &methods)?;
+                }
+                other => bail!("unknown table '{other}' (this version reproduces: table2, table4, table5)"),
             }
             render_report(&ws, &ws.join("results"), &ws.join("reports"))?;
         }

@@ -21,7 +21,6 @@ pub mod recipe;
 pub mod report_html;
 pub mod rerank;
 pub mod run;
-pub mod sampler;
 pub mod scda;
 pub mod search;
 

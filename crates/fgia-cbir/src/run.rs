@@ -27,8 +27,8 @@ use crate::model::{EmbeddingHead, EmbeddingHeadConfig};
 use crate::pca::{PcaWhitening, l2_normalise_rows};
 use crate::recipe::{CbirRecipe, Rerank};
 use crate::rerank::{k_reciprocal, query_expansion};
-use crate::sampler::pk_batches;
 use crate::search::{distance_matrix, random_ranking_recall, ranking_metrics};
+use fgia_core::sampler::pk_batches;
 
 /// Where and how a run happens.
 #[derive(Debug, Clone)]

@@ -16,8 +16,8 @@ use fgia_train::eval::evaluate;
 use fgia_train::{Outcome, Recipe, RunContext, load_dataset, load_trained, train_and_evaluate};
 use serde::Serialize;
 
-use crate::retrieval;
 use crate::{Command, EmbedArgs, EvalArgs, InfoArgs, PredictArgs, TrainArgs};
+use crate::{encoding, retrieval};
 
 /// Runs one command on backend `B` (training uses `Autodiff<B>`).
 pub fn run<B: Backend>(command: Command, device: B::Device, device_name: String) -> Result<()> {
@@ -28,6 +28,7 @@ pub fn run<B: Backend>(command: Command, device: B::Device, device_name: String)
         Command::Embed(a) => embed::<B>(a, device),
         Command::Info(a) => info::<B>(a, device),
         Command::Retrieval(a) => retrieval::retrieval::<B>(a, device, device_name),
+        Command::Encoding(a) => encoding::encoding::<B>(a, device, device_name),
         Command::Index(a) => retrieval::index::<B>(a, device),
         Command::Query(a) => retrieval::query::<B>(a, device),
     }

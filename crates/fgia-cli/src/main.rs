@@ -4,6 +4,7 @@
 //! feature, `Cuda`. Everything below the command-line layer is generic over the backend.
 
 mod commands;
+mod encoding;
 mod npy;
 mod retrieval;
 
@@ -47,6 +48,9 @@ enum Command {
     /// Run retrieval recipes (Table 5): class-disjoint split, SCDA or a trained embedding,
     /// Recall@K and mAP, one result record per recipe.
     Retrieval(RetrievalArgs),
+    /// Run feature-encoding recipes (Table 2, §5.2): high-order pooling, fine-grained losses,
+    /// DCL, PMG; one result record per recipe.
+    Encoding(EncodingArgs),
     /// Index a folder of images (recursively) for retrieval.
     Index(IndexArgs),
     /// Search an index with query images: top-K with distances, and an HTML page.
@@ -57,6 +61,32 @@ enum Command {
 struct RetrievalArgs {
     /// Recipe files (TOML); methods sharing a backbone, dataset and input size share the
     /// cached feature maps.
+    #[arg(long, required = true)]
+    recipe: Vec<PathBuf>,
+    /// Folder of run folders (one per recipe, named after the recipe file).
+    #[arg(long)]
+    runs_dir: PathBuf,
+    /// Folder of result records (`<recipe name>.json`).
+    #[arg(long)]
+    results_dir: PathBuf,
+    /// Dataset root (overrides the recipes').
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Pretrained weights file (default: resolved from the caches).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Skip recipes whose result record exists.
+    #[arg(long)]
+    skip_existing: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct EncodingArgs {
+    /// Recipe files (TOML); recipes sharing a backbone, dataset, input size and views share one
+    /// pass of the backbone (the feature maps every one of them reads are cached together).
     #[arg(long, required = true)]
     recipe: Vec<PathBuf>,
     /// Folder of run folders (one per recipe, named after the recipe file).

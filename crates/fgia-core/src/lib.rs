@@ -14,6 +14,7 @@ pub mod paths;
 pub mod record;
 pub mod retrieval;
 pub mod rng;
+pub mod sampler;
 pub mod testing;
 
 pub use error::{DataError, Result};

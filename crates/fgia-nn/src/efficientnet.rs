@@ -173,9 +173,12 @@ pub struct EfficientNetLite<B: Backend> {
     pub fc: Linear<B>,
 }
 
+/// Stages of `forward_stage`.
+pub const STAGES: usize = 9;
+
 impl<B: Backend> EfficientNetLite<B> {
     /// Stages for partial freezing: the stem, the seven block stages, and the head convolution.
-    pub const STAGES: usize = 9;
+    pub const STAGES: usize = STAGES;
 
     /// Runs stage `i` of [`Self::STAGES`].
     pub fn forward_stage(&self, i: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {

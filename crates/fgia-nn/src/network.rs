@@ -50,6 +50,15 @@ impl BackboneKind {
         }
     }
 
+    /// Number of stages of [`Network::forward_stage`] for this kind.
+    pub fn num_stages(self) -> usize {
+        match self {
+            BackboneKind::ResNet18 | BackboneKind::ResNet50 | BackboneKind::ResNet101 => crate::resnet::STAGES,
+            BackboneKind::Vgg16 => crate::vgg::STAGES,
+            BackboneKind::EfficientNetLite0 => crate::efficientnet::STAGES,
+        }
+    }
+
     /// Display name as in papers.
     pub fn display_name(self) -> &'static str {
         match self {

@@ -178,9 +178,12 @@ pub struct ResNet<B: Backend> {
     pub fc: Linear<B>,
 }
 
+/// Stages of `forward_stage`.
+pub const STAGES: usize = 5;
+
 impl<B: Backend> ResNet<B> {
     /// Stages for partial freezing: the stem, then the four layers.
-    pub const STAGES: usize = 5;
+    pub const STAGES: usize = STAGES;
 
     /// Runs stage `i` of [`Self::STAGES`].
     pub fn forward_stage(&self, i: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {

@@ -69,9 +69,12 @@ pub struct Vgg16<B: Backend> {
     pub head: Linear<B>,
 }
 
+/// Stages of `forward_stage`.
+pub const STAGES: usize = 5;
+
 impl<B: Backend> Vgg16<B> {
     /// Five stages; each but the last ends with a max pool.
-    pub const STAGES: usize = 5;
+    pub const STAGES: usize = STAGES;
 
     /// Runs stage `i`.
     pub fn forward_stage(&self, i: usize, mut x: Tensor<B, 4>) -> Tensor<B, 4> {

@@ -9,6 +9,10 @@
 //!
 //! View `v` of training image `i` is the image transformed with the augmentation stream
 //! `(seed, v, i)`, the same stream epoch `v` of an uncached run would use.
+//!
+//! [`FrozenCache::build_with`] also records the outputs of several stages ("taps", for
+//! methods that read more than one layer) and can edit each image's pixels before the
+//! backbone (region shuffling, jigsaw patches), with a function of the image index and view.
 
 use burn::prelude::*;
 use fgia_core::datasets::Record;
@@ -18,11 +22,34 @@ use fgia_nn::Network;
 
 use crate::error::TrainError;
 
+/// Edits the pixels `[3, s, s]` of training image `index`, view `view`, before the backbone.
+pub type PixelEdit<'a> = &'a (dyn Fn(&mut [f32], usize, usize, u64) + Sync);
+
+/// What [`FrozenCache::build_with`] records.
+#[derive(Clone, Copy)]
+pub struct CacheSpec<'a> {
+    /// Stage indices whose outputs are recorded, in this order; the backbone runs up to the
+    /// largest.
+    pub taps: &'a [usize],
+    /// Augmented views per training image.
+    pub views: usize,
+    /// Whether test images are cached at all (an edited cache of training views may skip them).
+    pub test: bool,
+    /// Mirrored test maps (flip test-time augmentation).
+    pub flip: bool,
+    /// Pixel edit applied to training views (never to test images).
+    pub edit: Option<PixelEdit<'a>>,
+}
+
 /// Cached stage outputs.
 #[derive(Debug, Clone)]
 pub struct FrozenCache {
-    /// Shape `[C, h, w]` of one map.
+    /// Shape `[C, h, w]` of one map (the last tap's).
     pub shape: [usize; 3],
+    /// Stage indices of the taps, in the order recorded.
+    pub taps: Vec<usize>,
+    /// Shapes of all taps, in the same order.
+    pub tap_shapes: Vec<[usize; 3]>,
     /// Augmented views of training images: `train[i * views + v]`; `None` for an image that
     /// could not be decoded (skipped).
     train: Vec<Option<Vec<f32>>>,
@@ -36,7 +63,8 @@ pub struct FrozenCache {
 #[allow(clippy::too_many_arguments)]
 fn run_prefix<B: Backend>(
     net: &Network<B>,
-    frozen: usize,
+    taps: &[usize],
+    edit: Option<PixelEdit<'_>>,
     records: &[Record],
     transform: &Transform,
     seed: u64,
@@ -46,7 +74,7 @@ fn run_prefix<B: Backend>(
     out: &mut [Option<Vec<f32>>],
     stride: usize,
     offset: usize,
-    shape: &mut [usize; 3],
+    shapes: &mut Vec<[usize; 3]>,
     flip_input: bool,
     progress: &indicatif::ProgressBar,
 ) -> Result<usize, TrainError> {
@@ -58,19 +86,42 @@ fn run_prefix<B: Backend>(
         skipped += batch.skipped.len();
         let n = batch.labels.len();
         if n > 0 {
-            let mut h = Tensor::<B, 4>::from_data(TensorData::new(batch.pixels, [n, 3, c, c]), device); // [B, 3, H, W]
+            let mut pixels = batch.pixels;
+            if let Some(edit) = edit {
+                let per = 3 * c * c;
+                for (k, &i) in batch.indices.iter().enumerate() {
+                    edit(&mut pixels[k * per..(k + 1) * per], c, i, epoch);
+                }
+            }
+            let mut h = Tensor::<B, 4>::from_data(TensorData::new(pixels, [n, 3, c, c]), device); // [B, 3, H, W]
             if flip_input {
                 h = h.flip([3]);
             }
-            for s in 0..frozen {
+            let last = taps.iter().copied().max().expect("at least one tap");
+            let mut outs: Vec<Vec<f32>> = vec![Vec::new(); n];
+            shapes.clear();
+            let mut recorded: Vec<(usize, Vec<f32>, usize)> = Vec::new();
+            for s in 0..=last {
                 h = net.forward_stage(s, h);
+                if taps.contains(&s) {
+                    let [_, ch, hh, ww] = h.dims(); // [B, C, h, w]
+                    let flat: Vec<f32> =
+                        h.clone().into_data().to_vec().map_err(|e| TrainError::Checkpoint { path: "<feature cache>".into(), message: format!("{e:?}") })?;
+                    recorded.push((s, flat, ch * hh * ww));
+                    shapes.push([ch, hh, ww]);
+                }
             }
-            let [_, ch, hh, ww] = h.dims(); // [B, C, h, w]
-            *shape = [ch, hh, ww];
-            let flat: Vec<f32> = h.into_data().to_vec().map_err(|e| TrainError::Checkpoint { path: "<feature cache>".into(), message: format!("{e:?}") })?;
-            let per = ch * hh * ww;
+            // Reorder to the order the taps were asked in.
+            let order: Vec<usize> = taps.iter().map(|t| recorded.iter().position(|r| r.0 == *t).expect("recorded")).collect();
+            *shapes = order.iter().map(|&o| shapes[o]).collect();
+            for (k, item) in outs.iter_mut().enumerate() {
+                for &o in &order {
+                    let (_, flat, per) = &recorded[o];
+                    item.extend_from_slice(&flat[k * per..(k + 1) * per]);
+                }
+            }
             for (k, &i) in batch.indices.iter().enumerate() {
-                out[i * stride + offset] = Some(flat[k * per..(k + 1) * per].to_vec());
+                out[i * stride + offset] = Some(std::mem::take(&mut outs[k]));
             }
         }
         progress.inc(chunk.len() as u64);
@@ -96,6 +147,28 @@ impl FrozenCache {
         device: &B::Device,
         progress: bool,
     ) -> Result<Self, TrainError> {
+        let spec = CacheSpec { taps: &[frozen - 1], views, test: true, flip, edit: None };
+        Self::build_with(net, spec, train, train_transform, test, test_transform, seed, skip_bad, device, progress)
+    }
+
+    /// Records the outputs of stages `spec.taps` (concatenated per image, in that order) for
+    /// `spec.views` views of each training image, edited by `spec.edit`, and for the test
+    /// images when `spec.test`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build_with<B: Backend>(
+        net: &Network<B>,
+        spec: CacheSpec<'_>,
+        train: &[Record],
+        train_transform: &Transform,
+        test: &[Record],
+        test_transform: &Transform,
+        seed: u64,
+        skip_bad: bool,
+        device: &B::Device,
+        progress: bool,
+    ) -> Result<Self, TrainError> {
+        let CacheSpec { taps, views, flip, edit, .. } = spec;
+        let test = if spec.test { test } else { &[] };
         let total = (train.len() * views + test.len() * if flip { 2 } else { 1 }) as u64;
         let bar = if progress { indicatif::ProgressBar::new(total).with_prefix("caching frozen stages") } else { indicatif::ProgressBar::hidden() };
         if progress {
@@ -103,26 +176,48 @@ impl FrozenCache {
                 indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})").expect("static template").progress_chars("=> "),
             );
         }
-        let mut shape = [0; 3];
+        let mut shapes = Vec::new();
         let mut train_maps = vec![None; train.len() * views];
         for v in 0..views {
-            run_prefix(net, frozen, train, train_transform, seed, v as u64, skip_bad, device, &mut train_maps, views, v, &mut shape, false, &bar)?;
+            run_prefix(net, taps, edit, train, train_transform, seed, v as u64, skip_bad, device, &mut train_maps, views, v, &mut shapes, false, &bar)?;
         }
         let mut test_maps = vec![None; test.len()];
-        run_prefix(net, frozen, test, test_transform, 0, 0, skip_bad, device, &mut test_maps, 1, 0, &mut shape, false, &bar)?;
+        run_prefix(net, taps, None, test, test_transform, 0, 0, skip_bad, device, &mut test_maps, 1, 0, &mut shapes, false, &bar)?;
         let mut test_flipped = Vec::new();
         if flip {
             // The mirror of the centre crop (flip test-time augmentation).
             test_flipped = vec![None; test.len()];
-            run_prefix(net, frozen, test, test_transform, 0, 0, skip_bad, device, &mut test_flipped, 1, 0, &mut shape, true, &bar)?;
+            run_prefix(net, taps, None, test, test_transform, 0, 0, skip_bad, device, &mut test_flipped, 1, 0, &mut shapes, true, &bar)?;
         }
         bar.finish_and_clear();
-        Ok(FrozenCache { shape, train: train_maps, views, test: test_maps, test_flipped })
+        let shape = shapes.last().copied().unwrap_or([0; 3]);
+        Ok(FrozenCache { shape, taps: taps.to_vec(), tap_shapes: shapes, train: train_maps, views, test: test_maps, test_flipped })
     }
 
-    /// Number of floats of one map.
+    /// Number of floats of one image's entry (all taps).
     pub fn map_len(&self) -> usize {
-        self.shape.iter().product()
+        self.tap_shapes.iter().map(|s| s.iter().product::<usize>()).sum()
+    }
+
+    /// Splits the data of `n` images (as returned by the batch functions) into one
+    /// `[n, C, h, w]` buffer per tap.
+    pub fn split_taps(&self, data: &[f32], n: usize) -> Vec<Vec<f32>> {
+        let lens: Vec<usize> = self.tap_shapes.iter().map(|s| s.iter().product()).collect();
+        let per = self.map_len();
+        let mut out: Vec<Vec<f32>> = lens.iter().map(|l| Vec::with_capacity(l * n)).collect();
+        for k in 0..n {
+            let mut at = k * per;
+            for (t, &l) in lens.iter().enumerate() {
+                out[t].extend_from_slice(&data[at..at + l]);
+                at += l;
+            }
+        }
+        out
+    }
+
+    /// The view of training image `i` drawn for `epoch` (what [`Self::train_batch`] uses).
+    pub fn view_of(&self, i: usize, seed: u64, epoch: usize) -> usize {
+        SplitMix64::for_item(seed ^ 0x5eed_cace, epoch as u64, i as u64).below(self.views as u64) as usize
     }
 
     /// The maps of training images `indices` for `epoch`, one view each; returns the maps and
@@ -131,7 +226,7 @@ impl FrozenCache {
         let mut data = Vec::with_capacity(indices.len() * self.map_len());
         let mut kept = Vec::with_capacity(indices.len());
         for (k, &i) in indices.iter().enumerate() {
-            let v = SplitMix64::for_item(seed ^ 0x5eed_cace, epoch as u64, i as u64).below(self.views as u64) as usize;
+            let v = self.view_of(i, seed, epoch);
             if let Some(m) = &self.train[i * self.views + v] {
                 data.extend_from_slice(m);
                 kept.push(k);

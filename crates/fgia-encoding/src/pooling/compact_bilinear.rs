@@ -1,13 +1,12 @@
-//! Compact bilinear pooling with Random Maclaurin features.
+//! Compact bilinear pooling with Random Maclaurin features (the Tensor Sketch variant is
+//! [`super::tensor_sketch`]).
 //!
 //! Gao, Beijbom, Zhang and Darrell, "Compact Bilinear Pooling", CVPR 2016, §3.2, Algorithm 1
 //! (RM): with two fixed random matrices `W₁, W₂ ∈ {−1, +1}^{d×C}` (Rademacher),
 //! `φ(x) = (1/√d) (W₁ x) ∘ (W₂ x)`, so that `E⟨φ(x), φ(y)⟩ = ⟨x, y⟩²`; the descriptor is the sum
 //! of `φ` over locations, followed (as for B-CNN) by the signed square root and ℓ2.
 //!
-//! The projections are fixed (not learned), as in the paper's reported setting. The Tensor
-//! Sketch variant (Algorithm 2) needs an FFT with a gradient, which burn 0.21's autodiff does
-//! not provide (`rfft` is forward-only there); it is not in this file.
+//! The projections are fixed (not learned), as in the paper's reported setting.
 
 use burn::prelude::*;
 use fgia_core::rng::SplitMix64;

@@ -2,9 +2,14 @@
 
 pub mod bcnn;
 pub mod compact_bilinear;
+pub mod grouped_bilinear;
+pub mod hbp;
+pub mod host_fft;
 pub mod isqrt_cov;
+pub mod kernel_pooling;
 pub mod lrbp;
 pub mod mpn_cov;
+pub mod tensor_sketch;
 
 use burn::prelude::*;
 

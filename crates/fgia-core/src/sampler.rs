@@ -1,7 +1,7 @@
 //! Class-balanced mini-batches (`P` classes x `K` images), the sampling that pair- and
 //! centre-based losses need: every anchor has positives in its batch.
 
-use fgia_core::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// The batches of one epoch: `batches` lists of training-set indices, each of `P` distinct
 /// classes (fewer when there are fewer classes) with `K` images each, drawn without

@@ -1,0 +1,53 @@
+//! `fgia encoding`: run Table 2 feature-encoding recipes.
+
+use anyhow::{Context, Result};
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use fgia_encoding::run::Caches;
+use fgia_encoding::{EncodingContext, EncodingRecipe, run_recipe};
+
+use crate::EncodingArgs;
+use crate::commands::{git_revision, resolve_pretrained};
+
+pub fn encoding<B: Backend>(a: EncodingArgs, device: B::Device, device_name: String) -> Result<()> {
+    std::fs::create_dir_all(&a.results_dir).with_context(|| a.results_dir.display().to_string())?;
+    // Read every recipe first: errors surface before any work, and the cache plan sees them all.
+    let mut todo = Vec::new();
+    let mut caches = Caches::default();
+    for path in &a.recipe {
+        let key = path.file_stem().and_then(|s| s.to_str()).context("recipe file name")?.to_string();
+        let result = a.results_dir.join(format!("{key}.json"));
+        if a.skip_existing && fgia_core::record::ResultRecord::read(&result).is_ok() {
+            println!("{key}: finished earlier ({}), skipped", result.display());
+            continue;
+        }
+        let recipe = EncodingRecipe::load(path)?;
+        caches.plan(&recipe, a.data_root.as_deref())?;
+        todo.push((path, key, result, recipe));
+    }
+    for (path, key, result, recipe) in todo {
+        let ctx = EncodingContext {
+            run_dir: a.runs_dir.join(&key),
+            data_root: a.data_root.clone(),
+            pretrained: resolve_pretrained(recipe.model.backbone, a.weights.as_deref())?,
+            device_name: device_name.clone(),
+            git_revision: git_revision(),
+            progress: !a.quiet,
+        };
+        let record = run_recipe::<Autodiff<B>>(&recipe, &ctx, &mut caches, &device).with_context(|| format!("recipe {}", path.display()))?;
+        record.write(&result)?;
+        let g = |k: &str| record.metrics.get(k).copied().unwrap_or(f64::NAN);
+        println!(
+            "{key}: {} on {}: top-1 {:.2} top-5 {:.2} mean/class {:.2} (chance {:.2}; train top-1 {:.2}) in {:.0} s",
+            record.method,
+            record.data,
+            g("top1"),
+            g("top5"),
+            g("mean_per_class"),
+            g("chance"),
+            g("train_top1"),
+            record.wall_time_s
+        );
+    }
+    Ok(())
+}

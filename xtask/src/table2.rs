@@ -1,0 +1,201 @@
+//! `cargo xtask reproduce table2`: the feature-encoding methods of §5.2 (Table 2).
+//!
+//! One recipe per method (`recipes/table2/<method>.toml`, the paper's backbone and input size).
+//! The smoke profile swaps in EfficientNet-Lite0 at 224 px on cub-mini and cars-mini, applies the
+//! recipe's own `[smoke]` table (smaller sketch or projection sizes, learning rate) and the
+//! common shortening (epochs, cached views), and records every change as a deviation. Each
+//! dataset's recipes run in one `fgia encoding` process so the backbone runs once per image and
+//! view for all of them. Finished runs (a readable result record) are skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Profile, cli_binary, git_revision};
+
+/// The methods, in the survey's order (§5.2.1, §5.2.2, §5.2.3).
+pub const METHODS: [&str; 17] = [
+    "bcnn",
+    "cbp-ts",
+    "cbp-rm",
+    "kernel-pooling",
+    "lrbp",
+    "mpn-cov",
+    "isqrt-cov",
+    "hbp",
+    "grouped-bilinear",
+    "maxent",
+    "pairwise-confusion",
+    "cin",
+    "gb-loss",
+    "api-net",
+    "mc-loss",
+    "dcl",
+    "pmg",
+];
+
+/// Smoke epochs: the methods with their own layers only, and those that fine-tune a stage.
+const SMOKE_EPOCHS: (i64, i64) = (20, 10);
+const FINE_TUNED: [&str; 4] = ["api-net", "mc-loss", "dcl", "pmg"];
+
+/// The survey's name of a dataset format.
+pub fn survey_dataset(format: &str) -> &'static str {
+    match format {
+        "cars" => "Stanford-Cars",
+        "dogs" => "Stanford-Dogs",
+        "aircraft" => "FGVC-Aircraft",
+        _ => "CUB-200-2011",
+    }
+}
+
+fn table<'a>(v: &'a mut toml::Value, section: &str) -> Result<&'a mut toml::map::Map<String, toml::Value>> {
+    v.get_mut(section).and_then(|s| s.as_table_mut()).with_context(|| format!("recipe has no [{section}] table"))
+}
+
+/// The recipe of one run, as TOML, from a method's recipe file.
+pub fn setting(template: &toml::Value, method: &str, format: &str, profile: Profile, seed: u64) -> Result<toml::Value> {
+    let mut r = template.clone();
+    let smoke = r.as_table_mut().context("recipe is not a table")?.remove("smoke");
+    let mut deviations: Vec<String> = Vec::new();
+    table(&mut r, "data")?.insert("format".into(), format.into());
+    table(&mut r, "report")?.insert("dataset".into(), survey_dataset(format).into());
+    table(&mut r, "train")?.insert("seed".into(), (seed as i64).into());
+    if profile == Profile::Smoke {
+        let paper_bb = template.get("model").and_then(|m| m.get("backbone")).and_then(|b| b.as_str()).unwrap_or("?").to_string();
+        let paper_crop = template.get("data").and_then(|d| d.get("crop")).and_then(toml::Value::as_integer).unwrap_or(0);
+        let model = table(&mut r, "model")?;
+        model.insert("backbone".into(), "efficientnet-lite0".into());
+        model.insert("feature_stage".into(), 7.into());
+        deviations.push(format!("EfficientNet-Lite0 (ImageNet) instead of {paper_bb}: the feature map is its last MBConv stage (320 channels, 7x7 at 224 px)"));
+        if method == "hbp" {
+            table(&mut r, "method")?.insert("hbp_stages".into(), toml::Value::Array(vec![6.into(), 7.into(), 8.into()]));
+            deviations.push("HBP layers: EfficientNet-Lite0 stages 6, 7 and the 1x1 head convolution (all 7x7) instead of VGG-16 relu5_1-5_3".into());
+        }
+        let data = table(&mut r, "data")?;
+        data.insert("resize".into(), 256.into());
+        data.insert("crop".into(), 224.into());
+        if paper_crop != 224 {
+            deviations.push(format!("224 px input instead of the paper's {paper_crop} px"));
+        }
+        let (desc, subset) = if format == "cars" {
+            ("cars-mini (20 classes, 200 train / 200 test images)", "cars-mini: 20 of 196 classes, 10 train and 10 test images per class")
+        } else {
+            (
+                "cub-mini (40 classes, 600 train / 595 test images)",
+                "cub-mini: 40 of 200 classes, official train/test split, images downscaled to a 256 px shorter side",
+            )
+        };
+        data.insert("description".into(), desc.into());
+        deviations.push(subset.into());
+        let epochs = if FINE_TUNED.contains(&method) { SMOKE_EPOCHS.1 } else { SMOKE_EPOCHS.0 };
+        let train = table(&mut r, "train")?;
+        train.insert("epochs".into(), epochs.into());
+        train.insert("views".into(), 3.into());
+        train.insert("edited_views".into(), 2.into());
+        deviations.push(format!("{epochs} epochs on cached maps of 3 augmented views per training image"));
+        if let Some(s) = smoke.as_ref().and_then(|s| s.as_table()) {
+            if let Some(lr) = s.get("lr") {
+                table(&mut r, "train")?.insert("lr".into(), lr.clone());
+            }
+            if let Some(p) = s.get("params").and_then(|p| p.as_table()) {
+                let method_t = table(&mut r, "method")?;
+                let params = method_t.entry("params").or_insert_with(|| toml::Value::Table(Default::default()));
+                let params = params.as_table_mut().context("method.params is not a table")?;
+                for (k, v) in p {
+                    let full = params.get(k).map(|x| x.to_string()).unwrap_or_else(|| "default".into());
+                    deviations.push(format!("{k} = {v} instead of {full} (CPU budget)"));
+                    params.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    let report = table(&mut r, "report")?;
+    let list = report.entry("deviations").or_insert_with(|| toml::Value::Array(Vec::new()));
+    if let Some(a) = list.as_array_mut() {
+        a.extend(deviations.into_iter().map(toml::Value::String));
+    }
+    Ok(r)
+}
+
+/// Runs Table 2 for `profile` on `roots` (`(format, root)`), restricted to `methods`.
+pub fn table2(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[(&str, PathBuf)], methods: &[String]) -> Result<()> {
+    for m in methods {
+        if !METHODS.contains(&m.as_str()) {
+            bail!("unknown Table 2 method '{m}' (known: {})", METHODS.join(", "));
+        }
+    }
+    let fgia = cli_binary(ws, device)?;
+    let results = ws.join("results").join("table2");
+    let runs = ws.join("results").join("runs").join("table2");
+    std::fs::create_dir_all(&results)?;
+    std::fs::create_dir_all(&runs)?;
+    for (format, root) in roots {
+        let mut pending = Vec::new();
+        for method in METHODS.iter().filter(|m| methods.is_empty() || methods.iter().any(|x| x == *m)) {
+            let file = format!("recipes/table2/{method}.toml");
+            let template: toml::Value =
+                toml::from_str(&std::fs::read_to_string(ws.join(&file)).with_context(|| file.clone())?).with_context(|| format!("{file}: invalid TOML"))?;
+            for seed in 0..seeds as u64 {
+                let r = setting(&template, method, format, profile, seed)?;
+                let key = format!("{}-{format}-{method}-seed{seed}", profile.name());
+                let result = results.join(format!("{key}.json"));
+                if fgia_core::record::ResultRecord::read(&result).is_ok() {
+                    println!("{key}: finished earlier ({}), skipped", result.display());
+                    continue;
+                }
+                let run_dir = runs.join(&key);
+                if run_dir.exists() {
+                    // Killed before its result: the run restarts from its cached maps.
+                    std::fs::remove_dir_all(&run_dir)?;
+                }
+                let recipe_path = runs.join(format!("{key}.toml"));
+                fgia_core::record::write_atomic(&recipe_path, toml::to_string_pretty(&r)?.as_bytes())?;
+                pending.push(recipe_path);
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        println!("Table 2 ({}), {format}: {} runs on {}", profile.name(), pending.len(), root.display());
+        let mut cmd = Command::new(&fgia);
+        cmd.arg("--device").arg(device).arg("encoding").arg("--runs-dir").arg(&runs).arg("--results-dir").arg(&results).arg("--data-root").arg(root);
+        for p in &pending {
+            cmd.arg("--recipe").arg(p);
+        }
+        cmd.env("FGIA_GIT_REV", git_revision(ws));
+        let status = cmd.status().with_context(|| format!("running {}", fgia.display()))?;
+        if !status.success() {
+            bail!("Table 2 on {format} failed ({status}); rerun the same command to resume (finished methods are skipped)");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_recipe_parses_and_the_smoke_setting_records_its_changes() {
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace");
+        for m in METHODS {
+            let text = std::fs::read_to_string(ws.join(format!("recipes/table2/{m}.toml"))).expect("recipe present");
+            let t: toml::Value = toml::from_str(&text).expect("valid TOML");
+            for profile in [Profile::Smoke, Profile::Full] {
+                let r = setting(&t, m, "cars", profile, 1).expect("setting");
+                assert!(r.get("smoke").is_none(), "{m}: [smoke] must not reach the CLI");
+                assert_eq!(r["data"]["format"].as_str(), Some("cars"));
+                assert_eq!(r["report"]["dataset"].as_str(), Some("Stanford-Cars"));
+                assert_eq!(r["train"]["seed"].as_integer(), Some(1));
+                let devs = r["report"]["deviations"].as_array().expect("deviations").len();
+                if profile == Profile::Smoke {
+                    assert_eq!(r["model"]["backbone"].as_str(), Some("efficientnet-lite0"), "{m}");
+                    assert!(devs >= 3, "{m}: smoke changes recorded ({devs})");
+                } else {
+                    assert_eq!(devs, 0, "{m}: the full profile departs from nothing of its own");
+                }
+            }
+        }
+    }
+}
