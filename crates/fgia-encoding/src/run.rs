@@ -24,18 +24,9 @@ use fgia_train::frozen_cache::{CacheSpec, FrozenCache};
 use fgia_train::recipe::describe_transform;
 use fgia_train::{BURN_VERSION, TrainError};
 
-use crate::methods::api_net::ApiNetHead;
-use crate::methods::cin::CinHead;
-use crate::methods::dcl::{DclHead, destruction_rng, region_permutation, shuffle_regions};
-use crate::methods::gb_loss::GbLossHead;
-use crate::methods::maxent::MaxEntHead;
-use crate::methods::mc_loss::McLossHead;
-use crate::methods::pairwise_confusion::PairwiseConfusionHead;
-use crate::methods::pmg::{PmgHead, jigsaw, jigsaw_rng};
-use crate::methods::pooling_heads::{
-    BcnnHead, CovarianceHead, GroupedBilinearHead, HbpHead, KernelPoolingHead, LrbpHead, RandomMaclaurinHead, TensorSketchHead,
-};
-use crate::methods::{Head, Inputs};
+use crate::methods::dcl::{destruction_rng, region_permutation, shuffle_regions};
+use crate::methods::pmg::{jigsaw, jigsaw_rng};
+use crate::methods::{Head, HeadSpec, HeadVisitor, Inputs, build_head};
 use crate::recipe::EncodingRecipe;
 use crate::{Edit, Method};
 
@@ -202,6 +193,31 @@ fn to_inputs<B: Backend>(b: BatchMaps, seed: u64, device: &B::Device) -> Inputs<
 struct Trained {
     eval: EvalOutput,
     epochs: Vec<EpochMetrics>,
+}
+
+/// Trains whatever head the registry builds.
+struct Trainer<'a, B: Backend> {
+    r: &'a EncodingRecipe,
+    base: &'a FrozenCache,
+    edited: &'a [(Edit, &'a FrozenCache)],
+    train_labels: &'a [usize],
+    test_labels: &'a [usize],
+    classes: usize,
+    run_dir: &'a Path,
+    progress: bool,
+    device: &'a B::Device,
+}
+
+impl<B: AutodiffBackend> HeadVisitor<B> for Trainer<'_, B> {
+    type Output = Result<Trained, TrainError>;
+
+    fn visit<M>(self, head: M) -> Self::Output
+    where
+        M: Head<B> + AutodiffModule<B>,
+        M::InnerModule: Head<B::InnerBackend>,
+    {
+        train_head::<B, M>(head, self.r, self.base, self.edited, self.train_labels, self.test_labels, self.classes, self.run_dir, self.progress, self.device)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -414,45 +430,15 @@ pub fn run_recipe<B: AutodiffBackend>(r: &EncodingRecipe, ctx: &EncodingContext,
     let edited: Vec<(Edit, &FrozenCache)> = edits.iter().map(|(e, _)| (*e, find(&edit_key(r, &root, *e)))).collect();
     let train_labels: Vec<usize> = ds.train.iter().map(|x| x.label).collect();
     let test_labels: Vec<usize> = ds.test.iter().map(|x| x.label).collect();
-    let c = channels[f];
-    let seed = r.train.seed;
+    let gamma = if method == Method::KernelPooling { rbf_gamma(base, f, test_labels.len()) } else { 1.0 };
+    let hbp_stages = r.hbp_stages();
+    let spec = HeadSpec { feature_stage: f, channels: &channels, classes, params: &params, hbp_stages: &hbp_stages, seed: r.train.seed, rbf_gamma: gamma };
     let trainable = || -> Network<B> {
         let net = NetworkConfig::new(r.model.backbone).init::<B>(device);
         load_network(net, r.model.backbone, &ctx.pretrained).expect("loaded once above").0
     };
-    macro_rules! go {
-        ($head:expr) => {
-            train_head::<B, _>($head, r, base, &edited, &train_labels, &test_labels, classes, run_dir, ctx.progress, device)?
-        };
-    }
-    let trained = match method {
-        Method::Bcnn => go!(BcnnHead::new(f, c, classes, device)),
-        Method::CbpTs => go!(TensorSketchHead::new(f, c, params.count("dim"), classes, seed, device)),
-        Method::CbpRm => go!(RandomMaclaurinHead::new(f, c, params.count("dim"), classes, seed, device)),
-        Method::Lrbp => go!(LrbpHead::new(f, c, params.count("reduced"), params.count("rank"), classes, device)),
-        Method::Hbp => {
-            let stages = r.hbp_stages();
-            let ch: Vec<usize> = stages.iter().map(|&s| channels[s]).collect();
-            go!(HbpHead::new(stages, &ch, params.count("dim"), classes, device))
-        }
-        Method::KernelPooling => {
-            let gamma = rbf_gamma(base, f, test_labels.len());
-            go!(KernelPoolingHead::new(f, c, params.count("dim"), params.count("order"), gamma, classes, seed, device))
-        }
-        Method::MpnCov => go!(CovarianceHead::new(f, c, params.count("reduced"), classes, false, device)),
-        Method::IsqrtCov => go!(CovarianceHead::new(f, c, params.count("reduced"), classes, true, device)),
-        Method::GroupedBilinear => {
-            go!(GroupedBilinearHead::new(f, c, params.count("groups"), params.count("group_channels"), params.get("lambda"), classes, device))
-        }
-        Method::Maxent => go!(MaxEntHead::new(f, c, classes, params.get("gamma"), device)),
-        Method::PairwiseConfusion => go!(PairwiseConfusionHead::new(f, c, classes, params.get("lambda"), device)),
-        Method::Cin => go!(CinHead::new(f, c, classes, params.get("lambda"), params.get("beta"), device)),
-        Method::GbLoss => go!(GbLossHead::new(f, c, classes, params.count("k"), params.get("p_peak"), params.get("p_patch"), params.count("grid"), device)),
-        Method::McLoss => go!(McLossHead::new(trainable(), f, c, classes, params.count("xi"), params.get("mu"), params.get("lambda"), device)),
-        Method::ApiNet => go!(ApiNetHead::new(trainable(), f, c, classes, device)),
-        Method::Dcl => go!(DclHead::new(trainable(), f, c, classes, params.count("regions"), device)),
-        Method::Pmg => go!(PmgHead::new(trainable(), f, [channels[f - 2], channels[f - 1], c], params.count("width"), classes, device)),
-    };
+    let trainer = Trainer { r, base, edited: &edited, train_labels: &train_labels, test_labels: &test_labels, classes, run_dir, progress: ctx.progress, device };
+    let trained = build_head(method, &spec, trainable, device, trainer)?;
     let t = &r.train;
     let mut deviations = r.report.deviations.clone();
     let what = if method.fine_tunes_last_stage() {

@@ -15,10 +15,16 @@ pub mod pooling_heads;
 
 use std::collections::BTreeMap;
 
+use burn::module::AutodiffModule;
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::activation::log_softmax;
 use fgia_core::rng::SplitMix64;
 use fgia_nn::Network;
+
+use crate::Method;
+use crate::recipe::Params;
+use pooling_heads::{BcnnHead, CovarianceHead, GroupedBilinearHead, HbpHead, KernelPoolingHead, LrbpHead, RandomMaclaurinHead, TensorSketchHead};
 
 /// One batch as a head sees it.
 #[derive(Debug, Clone)]
@@ -139,4 +145,66 @@ pub fn gap<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
 pub fn gmp<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     let [b, c, h, w] = x.dims();
     x.reshape([b, c, h * w]).max_dim(2).reshape([b, c])
+}
+
+/// What a head is built for.
+#[derive(Debug, Clone)]
+pub struct HeadSpec<'a> {
+    /// The stage whose output is the last feature map.
+    pub feature_stage: usize,
+    /// Channels of every stage's output.
+    pub channels: &'a [usize],
+    /// Classes.
+    pub classes: usize,
+    /// The method's parameters.
+    pub params: &'a Params,
+    /// HBP's layers.
+    pub hbp_stages: &'a [usize],
+    /// Seed of fixed random projections.
+    pub seed: u64,
+    /// Kernel pooling's initial RBF scale.
+    pub rbf_gamma: f64,
+}
+
+/// Receives the head [`build_head`] made (a head's type differs per method).
+pub trait HeadVisitor<B: AutodiffBackend> {
+    /// What the visit gives back.
+    type Output;
+
+    /// Uses the head.
+    fn visit<M>(self, head: M) -> Self::Output
+    where
+        M: Head<B> + AutodiffModule<B>,
+        M::InnerModule: Head<B::InnerBackend>;
+}
+
+/// The registry: builds `method`'s head for `spec` and hands it to `visitor`. `backbone` gives
+/// the (pretrained) network for the methods that fine-tune its last stage.
+pub fn build_head<B: AutodiffBackend, V: HeadVisitor<B>>(method: Method, spec: &HeadSpec<'_>, backbone: impl FnOnce() -> Network<B>, device: &B::Device, visitor: V) -> V::Output {
+    let f = spec.feature_stage;
+    let c = spec.channels[f];
+    let k = spec.classes;
+    let p = spec.params;
+    match method {
+        Method::Bcnn => visitor.visit(BcnnHead::new(f, c, k, device)),
+        Method::CbpTs => visitor.visit(TensorSketchHead::new(f, c, p.count("dim"), k, spec.seed, device)),
+        Method::CbpRm => visitor.visit(RandomMaclaurinHead::new(f, c, p.count("dim"), k, spec.seed, device)),
+        Method::Lrbp => visitor.visit(LrbpHead::new(f, c, p.count("reduced"), p.count("rank"), k, device)),
+        Method::Hbp => {
+            let ch: Vec<usize> = spec.hbp_stages.iter().map(|&s| spec.channels[s]).collect();
+            visitor.visit(HbpHead::new(spec.hbp_stages.to_vec(), &ch, p.count("dim"), k, device))
+        }
+        Method::KernelPooling => visitor.visit(KernelPoolingHead::new(f, c, p.count("dim"), p.count("order"), spec.rbf_gamma, k, spec.seed, device)),
+        Method::MpnCov => visitor.visit(CovarianceHead::new(f, c, p.count("reduced"), k, false, device)),
+        Method::IsqrtCov => visitor.visit(CovarianceHead::new(f, c, p.count("reduced"), k, true, device)),
+        Method::GroupedBilinear => visitor.visit(GroupedBilinearHead::new(f, c, p.count("groups"), p.count("group_channels"), p.get("lambda"), k, device)),
+        Method::Maxent => visitor.visit(maxent::MaxEntHead::new(f, c, k, p.get("gamma"), device)),
+        Method::PairwiseConfusion => visitor.visit(pairwise_confusion::PairwiseConfusionHead::new(f, c, k, p.get("lambda"), device)),
+        Method::Cin => visitor.visit(cin::CinHead::new(f, c, k, p.get("lambda"), p.get("beta"), device)),
+        Method::GbLoss => visitor.visit(gb_loss::GbLossHead::new(f, c, k, p.count("k"), p.get("p_peak"), p.get("p_patch"), p.count("grid"), device)),
+        Method::McLoss => visitor.visit(mc_loss::McLossHead::new(backbone(), f, c, k, p.count("xi"), p.get("mu"), p.get("lambda"), device)),
+        Method::ApiNet => visitor.visit(api_net::ApiNetHead::new(backbone(), f, c, k, device)),
+        Method::Dcl => visitor.visit(dcl::DclHead::new(backbone(), f, c, k, p.count("regions"), device)),
+        Method::Pmg => visitor.visit(pmg::PmgHead::new(backbone(), f, [spec.channels[f - 2], spec.channels[f - 1], c], p.count("width"), k, device)),
+    }
 }

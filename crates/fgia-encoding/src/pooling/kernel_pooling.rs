@@ -97,6 +97,20 @@ impl<B: Backend> KernelPooling<B> {
         }
     }
 
+    /// A layer with given sketches (`ts2` for order 2, `higher[k − 3]` the `k` count-sketch
+    /// functions of order `k`) and `log α`.
+    pub fn from_functions(ts2: TensorSketch, higher: Vec<Vec<(Vec<usize>, Vec<f32>)>>, log_alpha: Vec<f32>, device: &B::Device) -> Self {
+        let order = log_alpha.len() - 1;
+        assert_eq!(higher.len(), order.saturating_sub(2), "one function set per order >= 3");
+        KernelPooling {
+            dim: ts2.dim,
+            log_alpha: Param::from_tensor(Tensor::from_data(TensorData::new(log_alpha, [order + 1]), device)),
+            order,
+            ts2: Some(ts2),
+            higher,
+        }
+    }
+
     /// Output size: `1 + C + (p − 1) d`.
     pub fn output_dim(&self, channels: usize) -> usize {
         1 + channels + self.order.saturating_sub(1) * self.dim

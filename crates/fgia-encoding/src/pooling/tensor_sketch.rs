@@ -76,9 +76,19 @@ impl TensorSketch {
     /// # Panics
     /// If `dim` is not a power of two.
     pub fn new(channels: usize, dim: usize, seed: u64) -> Self {
-        assert!(dim.is_power_of_two(), "Tensor Sketch dimension must be a power of two (burn's rfft), got {dim}");
         let (h1, s1) = count_sketch_functions(channels, dim, seed);
         let (h2, s2) = count_sketch_functions(channels, dim, seed ^ 0x7e75_0a5c_e7c4_0001);
+        Self::from_functions(dim, (h1, s1), (h2, s2))
+    }
+
+    /// A sketch with given hash and sign functions (`h_k(i) < dim`, `s_k(i) = ±1`).
+    ///
+    /// # Panics
+    /// If `dim` is not a power of two or the functions differ in length.
+    pub fn from_functions(dim: usize, (h1, s1): (Vec<usize>, Vec<f32>), (h2, s2): (Vec<usize>, Vec<f32>)) -> Self {
+        assert!(dim.is_power_of_two(), "Tensor Sketch dimension must be a power of two (burn's rfft), got {dim}");
+        let channels = h1.len();
+        assert!(s1.len() == channels && h2.len() == channels && s2.len() == channels, "hash and sign functions of one length");
         let mut bins = Vec::with_capacity(channels * channels);
         let mut ps = Vec::with_capacity(channels * channels);
         for i in 0..channels {

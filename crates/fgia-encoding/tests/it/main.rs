@@ -4,8 +4,15 @@
 //! Tolerances: outputs and input gradients within 1e-4 absolute plus 1e-3 relative of the
 //! reference (we compute in float32; MPN-COV's eigendecomposition in float64).
 
+mod registry;
+
 use burn::backend::{Autodiff, Flex};
+use burn::module::Param;
 use burn::prelude::*;
+use fgia_encoding::pooling::grouped_bilinear::GroupedBilinear;
+use fgia_encoding::pooling::hbp::HierarchicalBilinear;
+use fgia_encoding::pooling::kernel_pooling::KernelPooling;
+use fgia_encoding::pooling::tensor_sketch::TensorSketch;
 use fgia_encoding::pooling::{bcnn, compact_bilinear::RandomMaclaurin, covariance, descriptors, isqrt_cov, lrbp::LowRankBilinear, mpn_cov};
 use serde::Deserialize;
 
@@ -17,6 +24,121 @@ struct Reference {
     shape: [usize; 4],
     layers: std::collections::BTreeMap<String, LayerRef>,
     lrbp_weights: LrbpWeights,
+    sketch: SketchRef,
+    hbp_weights: ProjRef,
+    grouped_weights: GroupedRef,
+}
+
+#[derive(Deserialize)]
+struct SketchRef {
+    dim: usize,
+    h1: Vec<usize>,
+    s1: Vec<f32>,
+    h2: Vec<usize>,
+    s2: Vec<f32>,
+    higher: Vec<Vec<(Vec<usize>, Vec<f32>)>>,
+    log_alpha: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct ProjRef {
+    dim: usize,
+    w: Vec<Vec<f32>>,
+    b: Vec<Vec<f32>>,
+}
+
+#[derive(Deserialize)]
+struct GroupedRef {
+    groups: usize,
+    group_channels: usize,
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+fn set_conv(conv: &mut burn::nn::conv::Conv2d<B>, w: &[f32], b: &[f32], out: usize, inp: usize) {
+    let dev = Default::default();
+    conv.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w.to_vec(), [out, inp, 1, 1]), &dev));
+    conv.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(b.to_vec(), [out]), &dev)));
+}
+
+fn tensor_sketch_of(r: &Reference) -> TensorSketch {
+    let s = &r.sketch;
+    TensorSketch::from_functions(s.dim, (s.h1.clone(), s.s1.clone()), (s.h2.clone(), s.s2.clone()))
+}
+
+#[test]
+fn tensor_sketch_matches_pytorch_fft() {
+    let r = reference();
+    let ts = tensor_sketch_of(&r);
+    check("tensor_sketch", |x| ts.forward(x));
+}
+
+#[test]
+fn tensor_sketch_scatter_and_fft_routes_agree() {
+    // The differentiable scatter of X Xᵀ and burn's rfft/irfft route are two computations of
+    // the same sketch.
+    let r = reference();
+    let ts = tensor_sketch_of(&r);
+    let dev = Default::default();
+    let x = Tensor::<Flex, 4>::from_data(TensorData::new(r.x.iter().map(|&v| v as f32).collect::<Vec<_>>(), r.shape), &dev);
+    let a: Vec<f32> = ts.forward(x.clone()).into_data().to_vec().expect("f32");
+    let b: Vec<f32> = ts.forward_fft(x).into_data().to_vec().expect("f32");
+    assert!(max_abs_diff(&a, &b) < 1e-4, "scatter {a:?} vs fft {b:?}");
+}
+
+#[test]
+fn kernel_pooling_matches_pytorch() {
+    let r = reference();
+    let s = &r.sketch;
+    let kp = KernelPooling::<B>::from_functions(tensor_sketch_of(&r), s.higher.clone(), s.log_alpha.clone(), &Default::default());
+    check("kernel_pooling", |x| kp.forward(x));
+}
+
+#[test]
+fn hierarchical_bilinear_matches_pytorch() {
+    let r = reference();
+    let p = &r.hbp_weights;
+    let c = r.shape[1];
+    let mut hbp = HierarchicalBilinear::<B>::new(&[c, c, c], p.dim, &Default::default());
+    for (i, conv) in hbp.projections.iter_mut().enumerate() {
+        set_conv(conv, &p.w[i], &p.b[i], p.dim, c);
+    }
+    check("hbp", |x| hbp.forward(vec![x.clone(), x.clone() / 2.0 + 1.0, x.powi_scalar(2)]));
+}
+
+fn grouped_of(r: &Reference) -> GroupedBilinear<B> {
+    let g = &r.grouped_weights;
+    let c = r.shape[1];
+    let mut gb = GroupedBilinear::<B>::new(c, g.groups, g.group_channels, &Default::default());
+    set_conv(&mut gb.grouping, &g.w, &g.b, g.groups * g.group_channels, c);
+    gb
+}
+
+#[test]
+fn grouped_bilinear_and_grouping_loss_match_pytorch() {
+    let r = reference();
+    let gb = grouped_of(&r);
+    check("grouped_bilinear", |x| gb.pool(gb.group(x)));
+    check("grouping_loss", |x| gb.grouping_loss(gb.group(x)).reshape([1, 1]));
+}
+
+#[test]
+fn tensor_sketch_approximates_the_squared_inner_product() {
+    // E⟨TS(x), TS(y)⟩ = ⟨x, y⟩² over the draw of the hash and sign functions.
+    let dev = Default::default();
+    let c = 16;
+    let mut g = fgia_core::rng::SplitMix64::new(11);
+    let mut vec = || -> Vec<f32> { (0..c).map(|_| g.next_f64() as f32 - 0.3).collect() };
+    let (x, y) = (vec(), vec());
+    let exact: f64 = x.iter().zip(&y).map(|(a, b)| (a * b) as f64).sum::<f64>().powi(2);
+    let xy = Tensor::<Flex, 2>::from_data(TensorData::new([x, y].concat(), [2, c]), &dev);
+    let sketches = 400;
+    let mut mean = 0.0;
+    for seed in 0..sketches {
+        let f: Vec<f32> = TensorSketch::new(c, 64, seed).features_fft(xy.clone()).into_data().to_vec().expect("f32");
+        mean += f[..64].iter().zip(&f[64..]).map(|(a, b)| (a * b) as f64).sum::<f64>() / sketches as f64;
+    }
+    assert!((mean - exact).abs() < 0.1 * exact.abs() + 1e-3, "mean over sketches {mean} vs <x,y>^2 = {exact}");
 }
 
 #[derive(Deserialize)]
