@@ -437,7 +437,8 @@ pub fn run_recipe<B: AutodiffBackend>(r: &EncodingRecipe, ctx: &EncodingContext,
         let net = NetworkConfig::new(r.model.backbone).init::<B>(device);
         load_network(net, r.model.backbone, &ctx.pretrained).expect("loaded once above").0
     };
-    let trainer = Trainer { r, base, edited: &edited, train_labels: &train_labels, test_labels: &test_labels, classes, run_dir, progress: ctx.progress, device };
+    let trainer =
+        Trainer { r, base, edited: &edited, train_labels: &train_labels, test_labels: &test_labels, classes, run_dir, progress: ctx.progress, device };
     let trained = build_head(method, &spec, trainable, device, trainer)?;
     let t = &r.train;
     let mut deviations = r.report.deviations.clone();

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::AutodiffBackend;
 use fgia_core::rng::SplitMix64;
 use fgia_nn::Network;
 
@@ -180,7 +180,13 @@ pub trait HeadVisitor<B: AutodiffBackend> {
 
 /// The registry: builds `method`'s head for `spec` and hands it to `visitor`. `backbone` gives
 /// the (pretrained) network for the methods that fine-tune its last stage.
-pub fn build_head<B: AutodiffBackend, V: HeadVisitor<B>>(method: Method, spec: &HeadSpec<'_>, backbone: impl FnOnce() -> Network<B>, device: &B::Device, visitor: V) -> V::Output {
+pub fn build_head<B: AutodiffBackend, V: HeadVisitor<B>>(
+    method: Method,
+    spec: &HeadSpec<'_>,
+    backbone: impl FnOnce() -> Network<B>,
+    device: &B::Device,
+    visitor: V,
+) -> V::Output {
     let f = spec.feature_stage;
     let c = spec.channels[f];
     let k = spec.classes;

@@ -105,3 +105,42 @@ fn an_empty_results_folder_renders_a_hint() {
     let index = std::fs::read_to_string(out.join("index.html")).expect("index");
     assert!(index.contains("cargo xtask reproduce table4 --smoke"));
 }
+
+#[test]
+fn table2_page_groups_methods_like_the_survey_with_paper_ours_and_delta() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let results = dir.path().join("results");
+    let run = results.join("runs/table2/a");
+    std::fs::create_dir_all(&run).expect("mkdir");
+    let mk = |method: &str, dataset: &str, seed: u64, top1: f64| {
+        let mut r = record(&run, 224, 448, seed, top1);
+        r.table = "table2".into();
+        r.method = method.into();
+        r.dataset = dataset.into();
+        r.deviations = vec!["EfficientNet-Lite0 (ImageNet) instead of resnet50: the feature map is its last stage".into()];
+        r.metrics.insert("chance".into(), 2.5);
+        r
+    };
+    mk("iSQRT-COV (fast MPN-COV)", "CUB-200-2011", 0, 70.0).write(&results.join("table2/a.json")).expect("write");
+    mk("iSQRT-COV (fast MPN-COV)", "CUB-200-2011", 1, 72.0).write(&results.join("table2/b.json")).expect("write");
+    mk("DCL", "Stanford-Cars", 0, 40.0).write(&results.join("table2/c.json")).expect("write");
+    mk("CBP (Random Maclaurin)", "CUB-200-2011", 0, 60.0).write(&results.join("table2/d.json")).expect("write");
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/reference/survey-results.csv");
+    let out = dir.path().join("reports");
+    fgia_report::render(&results, &reference, &out).expect("renders");
+    let t2 = std::fs::read_to_string(out.join("table2.html")).expect("table2.html");
+    // Grouped like the survey.
+    let (a, b, c) = (t2.find("§5.2.1").expect("5.2.1"), t2.find("§5.2.2").expect("5.2.2"), t2.find("§5.2.3").expect("5.2.3"));
+    assert!(a < b && b < c);
+    // iSQRT-COV with ResNet-50 on CUB: paper 88.1 (README provenance); ours 71.0 ± 1.4 over two
+    // seeds; delta -17.1.
+    assert!(t2.contains("88.1") && t2.contains("<b>71.0</b> ± 1.4") && t2.contains("-17.1"), "{t2}");
+    // DCL on Cars: paper 94.5 (unverified), ours 40.0, delta -54.5.
+    assert!(t2.contains("94.5") && t2.contains("-54.5"));
+    // A method the survey does not list is shown as such; methods not run say so.
+    assert!(t2.contains("CBP (Random Maclaurin)") && t2.contains("not in the survey's table"));
+    assert!(t2.contains("not run"));
+    assert!(t2.contains("Deviations from the papers") && t2.contains("instead of resnet50"));
+    let index = std::fs::read_to_string(out.join("index.html")).expect("index");
+    assert!(index.contains("table2.html"));
+}
