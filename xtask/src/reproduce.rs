@@ -200,7 +200,7 @@ pub fn table5_smoke_roots(ws: &Path, root: Option<&Path>) -> Result<Vec<(&'stati
     let mut roots = vec![("cub", smoke_root(ws, root)?)];
     match fgia_core::datasets::shared_data_dir(ws).map(|d| d.join("cars-mini")).filter(|p| p.join("devkit").is_dir()) {
         Some(p) => roots.push(("cars", p)),
-        None => println!("cars-mini not found (set FGIA_DATA or place ../shared/data/cars-mini): Table 5 smoke runs on cub-mini only"),
+        None => println!("cars-mini not found (set FGIA_DATA or place ../shared/data/cars-mini): the smoke runs use cub-mini only"),
     }
     Ok(roots)
 }

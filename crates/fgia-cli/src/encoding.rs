@@ -1,6 +1,6 @@
 //! `fgia encoding`: run Table 2 feature-encoding recipes.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use fgia_encoding::run::Caches;
@@ -25,6 +25,8 @@ pub fn encoding<B: Backend>(a: EncodingArgs, device: B::Device, device_name: Str
         caches.plan(&recipe, a.data_root.as_deref())?;
         todo.push((path, key, result, recipe));
     }
+    // A failing recipe (a NaN loss, say) does not stop the others; the command fails at the end.
+    let mut failed = Vec::new();
     for (path, key, result, recipe) in todo {
         let ctx = EncodingContext {
             run_dir: a.runs_dir.join(&key),
@@ -34,7 +36,14 @@ pub fn encoding<B: Backend>(a: EncodingArgs, device: B::Device, device_name: Str
             git_revision: git_revision(),
             progress: !a.quiet,
         };
-        let record = run_recipe::<Autodiff<B>>(&recipe, &ctx, &mut caches, &device).with_context(|| format!("recipe {}", path.display()))?;
+        let record = match run_recipe::<Autodiff<B>>(&recipe, &ctx, &mut caches, &device) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{key}: failed: {e} (recipe {})", path.display());
+                failed.push(key);
+                continue;
+            }
+        };
         record.write(&result)?;
         let g = |k: &str| record.metrics.get(k).copied().unwrap_or(f64::NAN);
         println!(
@@ -48,6 +57,9 @@ pub fn encoding<B: Backend>(a: EncodingArgs, device: B::Device, device_name: Str
             g("train_top1"),
             record.wall_time_s
         );
+    }
+    if !failed.is_empty() {
+        bail!("{} of the recipes failed: {}", failed.len(), failed.join(", "));
     }
     Ok(())
 }

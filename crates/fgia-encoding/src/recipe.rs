@@ -100,6 +100,10 @@ pub struct EncodingTrain {
     pub momentum: f64,
     /// Weight decay.
     pub weight_decay: f64,
+    /// Clip the global gradient norm of the method's layers (and, separately, of a fine-tuned
+    /// stage) to this; 0 = no clipping.
+    #[serde(default)]
+    pub clip_grad_norm: f64,
     /// Seed.
     pub seed: u64,
     /// Augmented views of each training image whose maps are cached.
@@ -255,7 +259,7 @@ impl EncodingRecipe {
         }
         if self.method.name == Method::Dcl {
             let n = p.count("regions");
-            if n == 0 || self.data.crop as usize % n != 0 {
+            if n == 0 || !(self.data.crop as usize).is_multiple_of(n) {
                 return Err(format!("method.params.regions = {n} must divide data.crop {}", self.data.crop));
             }
         }

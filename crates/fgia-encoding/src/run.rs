@@ -300,9 +300,15 @@ where
                     return Err(TrainError::NonFinite { epoch: epoch + 1, step: bi, value });
                 }
                 let mut raw = out.loss.backward();
-                let g_backbone = head.backbone().map(|bb| GradientsParams::from_module(&mut raw, bb));
-                let grads = GradientsParams::from_grads(raw, &head);
+                let mut g_backbone = head.backbone().map(|bb| GradientsParams::from_module(&mut raw, bb));
+                let mut grads = GradientsParams::from_grads(raw, &head);
                 gn_sum += fgia_train::clip::global_grad_norm(&head, &grads);
+                if t.clip_grad_norm > 0.0 {
+                    fgia_train::clip::clip_global_norm(&head, &mut grads, t.clip_grad_norm);
+                    if let Some(g) = g_backbone.as_mut() {
+                        fgia_train::clip::clip_global_norm(&head, g, t.clip_grad_norm);
+                    }
+                }
                 head = optim.step(lr, head, grads);
                 if let Some(g) = g_backbone {
                     head = optim.step(lr * t.backbone_lr_mult, head, g);
@@ -493,10 +499,11 @@ pub fn run_recipe<B: AutodiffBackend>(r: &EncodingRecipe, ctx: &EncodingContext,
             epochs: trained.epochs.len(),
             batch_size: batch,
             optimizer: format!(
-                "SGD momentum {}, lr {} (cosine), weight decay {}{}; method parameters: {}",
+                "SGD momentum {}, lr {} (cosine), weight decay {}{}{}; method parameters: {}",
                 t.momentum,
                 t.lr,
                 t.weight_decay,
+                if t.clip_grad_norm > 0.0 { format!(", gradient norm clipped at {}", t.clip_grad_norm) } else { String::new() },
                 if method.class_balanced_batches() {
                     format!(", batches of {} classes x {} images", t.classes_per_batch, t.images_per_class)
                 } else {

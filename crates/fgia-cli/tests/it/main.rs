@@ -259,3 +259,77 @@ fn index_and_query_a_folder() {
     assert!(err.contains("gallery-true.fgiaidx") && (err.contains("checksum") || err.contains("truncated")), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+fn encoding_recipe(method: &str, params: &str) -> String {
+    format!(
+        r#"
+[method]
+name = "{method}"
+params = {{ {params} }}
+[model]
+backbone = "efficientnet-lite0"
+feature_stage = 7
+[data]
+format = "cub"
+resize = 64
+crop = 64
+[train]
+epochs = 4
+batch_size = 8
+lr = {lr}
+weight_decay = 1e-4
+seed = 0
+views = 2
+edited_views = 1
+[report]
+table = "table2"
+method = "{method}"
+dataset = "CUB-200-2011"
+"#,
+        lr = if method == "bcnn" { 1.0 } else { 0.05 }
+    )
+}
+
+/// `fgia encoding` end to end on a generated CUB (4 classes): a pooling method, DCL (destructed
+/// views, fine-tuned last stage) and PMG (jigsaw views, four steps per batch) share one process,
+/// write records, beat chance, and a second call skips them; a bad recipe is an error naming it.
+#[test]
+fn encoding_runs_pooling_dcl_and_pmg() {
+    let Some(weights) = lite0_weights("encoding_runs_pooling_dcl_and_pmg") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("cub");
+    fgia_core::testing::write_tiny_cub(&data, 4, 6, 3, 72);
+    let mut args: Vec<String> = vec!["encoding".into(), "--quiet".into(), "--weights".into(), weights.display().to_string()];
+    let methods = [("bcnn", ""), ("dcl", "regions = 2, k = 1"), ("pmg", "width = 16")];
+    for (m, p) in methods {
+        let path = dir.path().join(format!("tiny-{m}.toml"));
+        std::fs::write(&path, encoding_recipe(m, p)).expect("recipe");
+        args.extend(["--recipe".into(), path.display().to_string()]);
+    }
+    let (runs, results) = (dir.path().join("runs"), dir.path().join("results"));
+    args.extend(["--runs-dir".into(), runs.display().to_string(), "--results-dir".into(), results.display().to_string()]);
+    args.extend(["--data-root".into(), data.display().to_string(), "--skip-existing".into()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&fgia(&argv));
+    for (m, _) in methods {
+        let r = fgia_core::record::ResultRecord::read(&results.join(format!("tiny-{m}.json"))).expect("record");
+        assert_eq!(r.table, "table2");
+        assert_eq!(r.metrics["test_images"], 12.0, "{m}");
+        assert_eq!(r.metrics["chance"], 25.0);
+        assert!(r.metrics["top1"] > 25.0, "{m}: {:?}", r.metrics);
+        assert_eq!(r.protocol.epochs, 4);
+        assert!(r.deviations.iter().any(|d| d.contains("frozen")), "{m}: {:?}", r.deviations);
+        assert_eq!(fgia_core::record::read_metrics(&runs.join(format!("tiny-{m}"))).expect("metrics").len(), 4);
+    }
+    let dcl = fgia_core::record::ResultRecord::read(&results.join("tiny-dcl.json")).expect("record");
+    assert!(dcl.protocol.trained_layers.contains("stage 7"), "{}", dcl.protocol.trained_layers);
+    assert!(out.contains("top-1"), "{out}");
+    let again = ok(&fgia(&argv));
+    assert_eq!(again.matches("skipped").count(), 3, "{again}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, encoding_recipe("dcl", "regions = 5")).expect("recipe");
+    let o = fgia(&["encoding", "--recipe", bad.to_str().expect("utf8"), "--runs-dir", "x", "--results-dir", results.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("bad.toml") && err.contains("regions"), "{err}");
+}
