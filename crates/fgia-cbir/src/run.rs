@@ -9,7 +9,6 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use fgia_core::datasets::{Dataset, DatasetKind, ReadOptions};
 use fgia_core::record::{EpochMetrics, Protocol, RECORD_SCHEMA, ResultRecord, now_utc_rfc3339, write_atomic, write_json_atomic};
@@ -188,14 +187,11 @@ fn train_head<B: AutodiffBackend>(
             seconds: started.elapsed().as_secs_f64(),
             skipped_images: 0,
         };
-        append_metrics(run_dir, &m)?;
+        fgia_train::append_metrics(&run_dir.join("metrics.jsonl"), &m)?;
         epochs.push(m);
     }
     bar.finish_and_clear();
-    let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    let staging = run_dir.join("head.staging");
-    rec.record(head.clone().into_record(), staging.clone()).map_err(|e| TrainError::Checkpoint { path: staging.clone(), message: e.to_string() })?;
-    std::fs::rename(staging.with_extension("mpk"), run_dir.join("head.mpk")).map_err(|e| TrainError::io(run_dir.join("head.mpk"), e))?;
+    fgia_train::save_module(head.clone(), run_dir, "head")?;
 
     // Embeddings: the test maps, and one view of each training image (for PCA-whitening).
     let inner = head.valid();
@@ -234,13 +230,6 @@ fn split_class_weight_grads<B: AutodiffBackend>(head: &EmbeddingHead<B>, mut gra
         }
         None => (grads, None),
     }
-}
-
-fn append_metrics(run_dir: &Path, m: &EpochMetrics) -> Result<(), TrainError> {
-    use std::io::Write;
-    let path = run_dir.join("metrics.jsonl");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| TrainError::io(&path, e))?;
-    writeln!(f, "{}", serde_json::to_string(m).expect("metrics serialise")).map_err(|e| TrainError::io(&path, e))
 }
 
 /// Evaluates test embeddings: optional PCA-whitening learned on the training embeddings, then

@@ -10,8 +10,7 @@ use burn::module::AutodiffModule;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig, decay::WeightDecayConfig};
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use fgia_core::datasets::{Dataset, DatasetKind, ReadOptions};
 use fgia_core::record::{EpochMetrics, Protocol, RECORD_SCHEMA, ResultRecord, now_utc_rfc3339, write_json_atomic};
@@ -24,9 +23,9 @@ use fgia_train::frozen_cache::{CacheSpec, FrozenCache};
 use fgia_train::recipe::describe_transform;
 use fgia_train::{BURN_VERSION, TrainError};
 
-use crate::methods::dcl::{destruction_rng, region_permutation, shuffle_regions};
+use crate::methods::dcl::{destruction_rng, region_permutation};
 use crate::methods::pmg::{jigsaw, jigsaw_rng};
-use crate::methods::{Head, HeadSpec, HeadVisitor, Inputs, build_head};
+use crate::methods::{Head, HeadSpec, HeadVisitor, Inputs, build_head, permute_regions};
 use crate::recipe::EncodingRecipe;
 use crate::{Edit, Method};
 
@@ -104,7 +103,7 @@ impl Caches {
                 let seed = r.train.seed;
                 let edit_fn = move |px: &mut [f32], s: usize, i: usize, view: u64| match edit {
                     Some(Edit::Destruct { regions, k }) => {
-                        shuffle_regions(px, s, regions, &region_permutation(regions, k, &mut destruction_rng(seed, i, view)))
+                        permute_regions(px, s, regions, &region_permutation(regions, k, &mut destruction_rng(seed, i, view)))
                     }
                     Some(Edit::Jigsaw(n)) => jigsaw(px, s, n, &mut jigsaw_rng(seed, n, i, view)),
                     None => {}
@@ -334,14 +333,11 @@ where
             seconds: started.elapsed().as_secs_f64(),
             skipped_images: 0,
         };
-        append_metrics(run_dir, &m)?;
+        fgia_train::append_metrics(&run_dir.join("metrics.jsonl"), &m)?;
         epochs.push(m);
     }
     bar.finish_and_clear();
-    let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    let staging = run_dir.join("head.staging");
-    rec.record(head.clone().into_record(), staging.clone()).map_err(|e| TrainError::Checkpoint { path: staging.clone(), message: e.to_string() })?;
-    std::fs::rename(staging.with_extension("mpk"), run_dir.join("head.mpk")).map_err(|e| TrainError::io(run_dir.join("head.mpk"), e))?;
+    fgia_train::save_module(head.clone(), run_dir, "head")?;
 
     // Last epoch on the test split.
     let inner = head.valid();
@@ -361,13 +357,17 @@ where
                 0,
                 device,
             );
-            softmax(inner.logits(&x), 1).into_data().convert::<f32>().to_vec().unwrap_or_default()
+            // Log-probabilities: a softmax in f32 underflows to ties at 0 when the scores are far
+            // apart, which would corrupt top-5.
+            log_softmax(inner.logits(&x), 1).into_data().convert::<f32>().to_vec().unwrap_or_default()
         };
         let mut p = scores(&data);
         if r.eval.flip && base.has_flipped_test() {
             let (data_f, _) = base.test_batch(chunk, true);
+            // Mean of the two probabilities, in the log domain.
             for (a, b) in p.iter_mut().zip(scores(&data_f)) {
-                *a = 0.5 * (*a + b);
+                let m = a.max(b);
+                *a = m + (0.5 * ((*a - m).exp() + (b - m).exp())).ln();
             }
         }
         probs.extend(p);
@@ -375,13 +375,6 @@ where
     }
     let skipped = test_labels.len() - labels.len();
     Ok(Trained { eval: EvalOutput::from_probabilities(probs, labels, classes, skipped), epochs })
-}
-
-fn append_metrics(run_dir: &Path, m: &EpochMetrics) -> Result<(), TrainError> {
-    use std::io::Write;
-    let path = run_dir.join("metrics.jsonl");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| TrainError::io(&path, e))?;
-    writeln!(f, "{}", serde_json::to_string(m).expect("metrics serialise")).map_err(|e| TrainError::io(&path, e))
 }
 
 /// Initial RBF scale of kernel pooling: `1 / mean ‖x‖²` over the cached maps of a few images.

@@ -241,7 +241,7 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
     Ok(summary)
 }
 
-fn get_f64(df: &DataFrame, name: &str, i: usize) -> Option<f64> {
+pub(crate) fn get_f64(df: &DataFrame, name: &str, i: usize) -> Option<f64> {
     df.column(name).ok()?.get(i).ok().and_then(|v| v.try_extract::<f64>().ok()).filter(|v| v.is_finite())
 }
 
@@ -249,7 +249,7 @@ fn get_u64(df: &DataFrame, name: &str, i: usize) -> Option<u64> {
     df.column(name).ok()?.get(i).ok().and_then(|v| v.try_extract::<u64>().ok())
 }
 
-fn get_str(df: &DataFrame, name: &str, i: usize) -> String {
+pub(crate) fn get_str(df: &DataFrame, name: &str, i: usize) -> String {
     df.column(name).ok().and_then(|c| c.get(i).ok()).map(|v| v.get_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default()
 }
 

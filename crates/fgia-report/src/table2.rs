@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use polars::prelude::*;
 
 use crate::reference::ReferenceValue;
-use crate::{Loaded, ReportError, esc, run_page_name};
+use crate::{Loaded, ReportError, esc, get_f64, get_str, run_page_name};
 
 /// Survey order of the datasets.
 const DATASETS: [&str; 4] = ["CUB-200-2011", "Stanford-Dogs", "Stanford-Cars", "FGVC-Aircraft"];
@@ -38,14 +38,6 @@ fn summarise(records: &[&Loaded]) -> Result<DataFrame, ReportError> {
             col("chance").mean().alias("chance:mean"),
         ])
         .collect()?)
-}
-
-fn f64_at(df: &DataFrame, name: &str, i: usize) -> Option<f64> {
-    df.column(name).ok()?.get(i).ok().and_then(|v| v.try_extract::<f64>().ok()).filter(|v| v.is_finite())
-}
-
-fn str_at(df: &DataFrame, name: &str, i: usize) -> String {
-    df.column(name).ok().and_then(|c| c.get(i).ok()).map(|v| v.get_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default()
 }
 
 /// The paper backbone a record stands in for (from its "X instead of Y" deviation), as the
@@ -97,12 +89,12 @@ pub fn table2_body(records: &[&Loaded], reference: &[&ReferenceValue]) -> Result
         }
         let refs: Vec<&ReferenceValue> = reference.iter().copied().filter(|r| &r.section == section).collect();
         for method in &methods {
-            let ours: Vec<usize> = df.as_ref().map(|df| (0..df.height()).filter(|&i| &str_at(df, "method", i) == method).collect()).unwrap_or_default();
+            let ours: Vec<usize> = df.as_ref().map(|df| (0..df.height()).filter(|&i| &get_str(df, "method", i) == method).collect()).unwrap_or_default();
             let bb = paper_backbone(records, method);
             let mut datasets: Vec<&str> = DATASETS.iter().copied().filter(|d| refs.iter().any(|r| &r.method == method && r.dataset == *d)).collect();
             if let Some(df) = &df {
                 for &i in &ours {
-                    let d = str_at(df, "dataset", i);
+                    let d = get_str(df, "dataset", i);
                     if let Some(known) = DATASETS.iter().find(|x| **x == d)
                         && !datasets.contains(known)
                     {
@@ -144,22 +136,22 @@ pub fn table2_body(records: &[&Loaded], reference: &[&ReferenceValue]) -> Result
                     None => row.push_str("<td colspan=\"4\" class=\"muted\">not in the survey's table</td>"),
                 }
                 let df_rows: Vec<usize> =
-                    df.as_ref().map(|df| ours.iter().copied().filter(|&i| str_at(df, "dataset", i) == dataset).collect()).unwrap_or_default();
+                    df.as_ref().map(|df| ours.iter().copied().filter(|&i| get_str(df, "dataset", i) == dataset).collect()).unwrap_or_default();
                 match (df.as_ref(), df_rows.first()) {
                     (Some(df), Some(&i)) => {
                         let n = df.column("n").ok().and_then(|c| c.get(i).ok()).and_then(|v| v.try_extract::<u64>().ok()).unwrap_or(0);
-                        let top1 = f64_at(df, "top1:mean", i);
-                        let std = f64_at(df, "top1:std", i).filter(|_| n > 1).map(|s| format!(" ± {s:.1}")).unwrap_or_default();
+                        let top1 = get_f64(df, "top1:mean", i);
+                        let std = get_f64(df, "top1:std", i).filter(|_| n > 1).map(|s| format!(" ± {s:.1}")).unwrap_or_default();
                         let _ = write!(
                             row,
                             "<td>{}<br><span class=\"muted\">{} · {n} seed{}</span></td><td class=\"num\">{}</td><td class=\"num\"><b>{}</b>{std}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>",
-                            esc(&str_at(df, "backbone", i)),
-                            esc(&str_at(df, "data", i)),
+                            esc(&get_str(df, "backbone", i)),
+                            esc(&get_str(df, "data", i)),
                             if n == 1 { "" } else { "s" },
-                            str_at(df, "resolution", i),
+                            get_str(df, "resolution", i),
                             top1.map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into()),
-                            f64_at(df, "top5:mean", i).map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into()),
-                            f64_at(df, "chance:mean", i).map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into()),
+                            get_f64(df, "top5:mean", i).map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into()),
+                            get_f64(df, "chance:mean", i).map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into()),
                         );
                         match (top1, paper) {
                             (Some(o), Some((p, _))) => {

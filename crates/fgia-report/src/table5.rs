@@ -7,7 +7,7 @@ use polars::prelude::*;
 
 use crate::charts::{Series, line_chart};
 use crate::reference::ReferenceValue;
-use crate::{Loaded, ReportError, esc, run_page_name, write};
+use crate::{Loaded, ReportError, esc, get_f64, get_str, run_page_name, write};
 
 const KS: [usize; 4] = [1, 2, 4, 8];
 /// Metrics summarised over seeds (column names are the record's metric names).
@@ -35,14 +35,6 @@ fn summarise(records: &[&Loaded]) -> Result<DataFrame, ReportError> {
     Ok(df.lazy().group_by([col("dataset"), col("method"), col("backbone"), col("data")]).agg(aggs).collect()?)
 }
 
-fn f64_at(df: &DataFrame, name: &str, i: usize) -> Option<f64> {
-    df.column(name).ok()?.get(i).ok().and_then(|v| v.try_extract::<f64>().ok()).filter(|v| v.is_finite())
-}
-
-fn str_at(df: &DataFrame, name: &str, i: usize) -> String {
-    df.column(name).ok().and_then(|c| c.get(i).ok()).map(|v| v.get_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default()
-}
-
 fn cell(mean: Option<f64>, std: Option<f64>, n: u64) -> String {
     match (mean, std) {
         (Some(m), Some(s)) if n > 1 => format!("<td class=\"num\"><b>{m:.1}</b> ± {s:.1}</td>"),
@@ -66,7 +58,7 @@ pub fn table5_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Pat
     let df = if records.is_empty() { None } else { Some(summarise(records)?) };
     let mut datasets: Vec<String> = reference.iter().map(|r| r.dataset.clone()).collect();
     if let Some(df) = &df {
-        datasets.extend((0..df.height()).map(|i| str_at(df, "dataset", i)));
+        datasets.extend((0..df.height()).map(|i| get_str(df, "dataset", i)));
     }
     let mut seen = Vec::new();
     datasets.retain(|d| {
@@ -86,13 +78,13 @@ pub fn table5_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Pat
                 methods.push(r.method.clone());
             }
         }
-        let ours: Vec<usize> = df.as_ref().map(|df| (0..df.height()).filter(|&i| &str_at(df, "dataset", i) == dataset).collect()).unwrap_or_default();
+        let ours: Vec<usize> = df.as_ref().map(|df| (0..df.height()).filter(|&i| &get_str(df, "dataset", i) == dataset).collect()).unwrap_or_default();
         let mut extra: Vec<String> =
-            ours.iter().map(|&i| str_at(df.as_ref().expect("rows imply a frame"), "method", i)).filter(|m| !methods.contains(m)).collect();
+            ours.iter().map(|&i| get_str(df.as_ref().expect("rows imply a frame"), "method", i)).filter(|m| !methods.contains(m)).collect();
         extra.sort();
         extra.dedup();
         methods.extend(extra);
-        let mut data: Vec<String> = ours.iter().map(|&i| str_at(df.as_ref().expect("rows imply a frame"), "data", i)).collect();
+        let mut data: Vec<String> = ours.iter().map(|&i| get_str(df.as_ref().expect("rows imply a frame"), "data", i)).collect();
         data.sort();
         data.dedup();
         if !data.is_empty() {
@@ -120,7 +112,7 @@ pub fn table5_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Pat
             } else {
                 "<td colspan=\"6\" class=\"muted\">not in the survey's table (baseline)</td>".into()
             };
-            let rows: Vec<usize> = ours.iter().copied().filter(|&i| &str_at(df.as_ref().expect("rows imply a frame"), "method", i) == method).collect();
+            let rows: Vec<usize> = ours.iter().copied().filter(|&i| &get_str(df.as_ref().expect("rows imply a frame"), "method", i) == method).collect();
             if rows.is_empty() {
                 let _ = writeln!(body, "<tr><td>{}</td>{paper_cells}<td colspan=\"9\" class=\"muted\">not run</td></tr>", esc(method));
                 continue;
@@ -128,16 +120,17 @@ pub fn table5_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Pat
             let df = df.as_ref().expect("rows imply a frame");
             for i in rows {
                 let n = df.column("n").ok().and_then(|c| c.get(i).ok()).and_then(|v| v.try_extract::<u64>().ok()).unwrap_or(0);
-                let mut s = format!("<td>{}<br><span class=\"muted\">{} seed{}</span></td>", esc(&str_at(df, "backbone", i)), n, if n == 1 { "" } else { "s" });
+                let mut s =
+                    format!("<td>{}<br><span class=\"muted\">{} seed{}</span></td>", esc(&get_str(df, "backbone", i)), n, if n == 1 { "" } else { "s" });
                 let mut pts = Vec::new();
                 for (j, k) in KS.iter().enumerate() {
-                    let m = f64_at(df, &format!("recall@{k}:mean"), i);
+                    let m = get_f64(df, &format!("recall@{k}:mean"), i);
                     if let Some(v) = m {
-                        pts.push((j as f64, v, f64_at(df, &format!("recall@{k}:std"), i).unwrap_or(0.0)));
+                        pts.push((j as f64, v, get_f64(df, &format!("recall@{k}:std"), i).unwrap_or(0.0)));
                     }
-                    s.push_str(&cell(m, f64_at(df, &format!("recall@{k}:std"), i), n));
+                    s.push_str(&cell(m, get_f64(df, &format!("recall@{k}:std"), i), n));
                 }
-                let r1 = f64_at(df, "recall@1:mean", i);
+                let r1 = get_f64(df, "recall@1:mean", i);
                 match (r1, paper[0]) {
                     (Some(o), Some(p)) => {
                         let d = o - p.value;
@@ -145,10 +138,10 @@ pub fn table5_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Pat
                     }
                     _ => s.push_str("<td>—</td>"),
                 }
-                s.push_str(&cell(f64_at(df, "map:mean", i), f64_at(df, "map:std", i), n));
-                s.push_str(&cell(f64_at(df, "random/recall@1:mean", i), None, 1));
-                let qe = f64_at(df, "qe/recall@1:mean", i).map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into());
-                let kr = f64_at(df, "kr/recall@1:mean", i).map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into());
+                s.push_str(&cell(get_f64(df, "map:mean", i), get_f64(df, "map:std", i), n));
+                s.push_str(&cell(get_f64(df, "random/recall@1:mean", i), None, 1));
+                let qe = get_f64(df, "qe/recall@1:mean", i).map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into());
+                let kr = get_f64(df, "kr/recall@1:mean", i).map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into());
                 let _ = write!(s, "<td class=\"num\">{qe} / {kr}</td>");
                 let _ = writeln!(body, "<tr><td>{}{}</td>{paper_cells}{s}</tr>", esc(method), if reconstructed(records, method) { " †" } else { "" });
                 series.push(Series { label: format!("{method} (ours)"), points: pts, colour: 1 + mi, dashed: false });

@@ -15,5 +15,6 @@ pub use error::TrainError;
 pub use fgia_core::record::{EpochMetrics, read_metrics};
 pub use recipe::Recipe;
 pub use trainer::{
-    BURN_VERSION, Outcome, RunContext, StepRates, StepStats, Trained, build_network, load_dataset, load_trained, sgd, train_and_evaluate, train_step,
+    BURN_VERSION, Outcome, RunContext, StepRates, StepStats, Trained, append_metrics, build_network, load_dataset, load_trained, save_module, sgd,
+    train_and_evaluate, train_step,
 };

@@ -436,7 +436,17 @@ fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Network<B>, B>>(
     Ok(())
 }
 
-fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<(), TrainError> {
+/// Writes a module's parameters to `run_dir/<name>.mpk` atomically (a staging file, then a
+/// rename).
+pub fn save_module<B: Backend, M: Module<B>>(module: M, run_dir: &Path, name: &str) -> Result<(), TrainError> {
+    let staging = run_dir.join(format!("{name}.staging"));
+    recorder().record(module.into_record(), staging.clone()).map_err(|e| TrainError::Checkpoint { path: staging.clone(), message: e.to_string() })?;
+    let target = run_dir.join(format!("{name}.mpk"));
+    std::fs::rename(staging.with_extension("mpk"), &target).map_err(|e| TrainError::io(target, e))
+}
+
+/// Appends one epoch's metrics as a JSON line to `path` (`metrics.jsonl`) and syncs it.
+pub fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<(), TrainError> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
     let line = serde_json::to_string(m).expect("metrics serialise");
     writeln!(f, "{line}").map_err(|e| TrainError::io(path, e))?;

@@ -56,24 +56,6 @@ pub fn destruction_rng(seed: u64, index: usize, view: u64) -> SplitMix64 {
     SplitMix64::for_item(seed ^ 0xdc1_de57, view, index as u64)
 }
 
-/// Moves the regions of an image `[3, s, s]` by `perm` (regions of `⌊s/n⌋` pixels; a border
-/// left by a side not divisible by `n` stays in place).
-pub fn shuffle_regions(pixels: &mut [f32], s: usize, n: usize, perm: &[usize]) {
-    let r = s / n;
-    let src = pixels.to_vec();
-    for ch in 0..3 {
-        let plane = ch * s * s;
-        for (p, &o) in perm.iter().enumerate() {
-            let (pi, pj, oi, oj) = (p / n, p % n, o / n, o % n);
-            for y in 0..r {
-                let dst = plane + (pi * r + y) * s + pj * r;
-                let from = plane + (oi * r + y) * s + oj * r;
-                pixels[dst..dst + r].copy_from_slice(&src[from..from + r]);
-            }
-        }
-    }
-}
-
 /// Normalised original positions of the regions, `(perm[p] − ⌊n²/2⌋) / n²`.
 pub fn location_law(perm: &[usize]) -> Vec<f32> {
     let nn = perm.len();

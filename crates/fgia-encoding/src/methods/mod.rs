@@ -122,6 +122,25 @@ impl<B: Backend> LastStage<B> {
     }
 }
 
+/// Moves the `n x n` square regions of an image `[3, s, s]` (regions of `⌊s/n⌋` pixels; a border
+/// left by a side not divisible by `n` stays in place): position `p` (row-major) receives the
+/// region `perm[p]` of the original. DCL's destruction and PMG's jigsaw both use it.
+pub fn permute_regions(pixels: &mut [f32], s: usize, n: usize, perm: &[usize]) {
+    let r = s / n;
+    let src = pixels.to_vec();
+    for ch in 0..3 {
+        let plane = ch * s * s;
+        for (p, &o) in perm.iter().enumerate() {
+            let (pi, pj, oi, oj) = (p / n, p % n, o / n, o % n);
+            for y in 0..r {
+                let dst = plane + (pi * r + y) * s + pj * r;
+                let from = plane + (oi * r + y) * s + oj * r;
+                pixels[dst..dst + r].copy_from_slice(&src[from..from + r]);
+            }
+        }
+    }
+}
+
 /// Exponential linear unit.
 pub fn elu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clone().clamp_min(0.0) + x.clamp_max(0.0).exp().sub_scalar(1.0)

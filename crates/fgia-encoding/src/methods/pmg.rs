@@ -24,7 +24,7 @@ use burn::tensor::activation::relu;
 use fgia_core::rng::SplitMix64;
 use fgia_nn::Network;
 
-use super::{Head, Inputs, LastStage, StepOutput, cross_entropy, elu, gmp};
+use super::{Head, Inputs, LastStage, StepOutput, cross_entropy, elu, gmp, permute_regions};
 
 /// Jigsaw granularities of the three stages.
 pub const GRANULARITIES: [usize; 3] = [8, 4, 2];
@@ -33,19 +33,7 @@ pub const GRANULARITIES: [usize; 3] = [8, 4, 2];
 pub fn jigsaw(pixels: &mut [f32], s: usize, n: usize, rng: &mut SplitMix64) {
     let mut perm: Vec<usize> = (0..n * n).collect();
     rng.shuffle(&mut perm);
-    let r = s / n;
-    let src = pixels.to_vec();
-    for ch in 0..3 {
-        let plane = ch * s * s;
-        for (p, &o) in perm.iter().enumerate() {
-            let (pi, pj, oi, oj) = (p / n, p % n, o / n, o % n);
-            for y in 0..r {
-                let dst = plane + (pi * r + y) * s + pj * r;
-                let from = plane + (oi * r + y) * s + oj * r;
-                pixels[dst..dst + r].copy_from_slice(&src[from..from + r]);
-            }
-        }
-    }
+    permute_regions(pixels, s, n, &perm);
 }
 
 /// The generator of image `index`'s jigsaw at granularity `n` in view `view`.
