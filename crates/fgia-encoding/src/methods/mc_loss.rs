@@ -12,10 +12,14 @@
 //!   peaks are, averaged over classes and divided by `ξ`; the loss uses `1 − that` as in the
 //!   authors' code, so minimising it makes the channels of a class look at different places.
 //!
-//! `L = CE(classifier) + μ L_dis + λ (1 − L_div)`, with the classifier a linear layer on the
-//! globally average-pooled `K ξ` map. The `K ξ`-channel map is a new 1x1 convolution with ReLU
-//! on the backbone's last stage, which is fine-tuned. `ξ`, `μ` and `λ` are recipe parameters
-//! (the recipes use `ξ = 3`, `μ = 1.5`, `λ = 20`, our reading of the authors' CUB script).
+//! `L = CE(classifier) + μ L_dis + λ (1 − L_div)` with `ξ = 3`, `μ = 2` and `λ = 20`, the defaults
+//! of the authors' CUB-200-2011 script, which also draws one channel mask per batch (shared by
+//! its images), as here.
+//!
+//! Deviations: the `K ξ`-channel map is a new 1x1 convolution with ReLU on the backbone's last
+//! stage (the authors widen VGG-16's last convolutions to 600 channels), and the classifier is a
+//! linear layer on the globally average-pooled map (theirs: 2x2 max pooling, flattening, and a
+//! BN-Linear-BN-ELU-Linear head).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig};
@@ -25,8 +29,8 @@ use fgia_nn::Network;
 
 use super::{Head, Inputs, LastStage, StepOutput, cross_entropy, gap};
 
-/// The two MC terms `(L_dis, 1 − L_div)` of a `[B, K ξ, h, w]` map (`mask` `[K ξ]` of 0/1 per
-/// item, `[B, K ξ]`, or `None` at full attention).
+/// The two MC terms `(L_dis, 1 − L_div)` of a `[B, K ξ, h, w]` map (`mask`: 0/1 per channel,
+/// `[1, K ξ]` shared by the batch or `[B, K ξ]`; `None` at full attention).
 pub fn mc_terms<B: Backend>(features: Tensor<B, 4>, labels: &[usize], xi: usize, mask: Option<Tensor<B, 2>>) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let [b, kx, h, w] = features.dims();
     let k = kx / xi;
@@ -36,18 +40,21 @@ pub fn mc_terms<B: Backend>(features: Tensor<B, 4>, labels: &[usize], xi: usize,
     let div = spread.mean().div_scalar(xi as f32).neg().add_scalar(1.0);
     // Discriminality: mask, CCMP, GAP, cross-entropy.
     let masked = match mask {
-        Some(mk) => features * mk.reshape([b, kx, 1, 1]),
+        Some(mk) => {
+            let rows = mk.dims()[0];
+            features * mk.reshape([rows, kx, 1, 1])
+        }
         None => features,
     };
     let scores = masked.reshape([b, k, xi, m]).max_dim(2).reshape([b, k, m]).mean_dim(2).reshape([b, k]);
     (cross_entropy(scores, labels), div)
 }
 
-/// The random channel mask: per item and class, `⌈ξ/2⌉` of the `ξ` channels kept.
-pub fn channel_mask(items: usize, classes: usize, xi: usize, rng: &mut fgia_core::rng::SplitMix64) -> Vec<f32> {
+/// The random channel mask: per class, `⌈ξ/2⌉` of the `ξ` channels kept.
+pub fn channel_mask(classes: usize, xi: usize, rng: &mut fgia_core::rng::SplitMix64) -> Vec<f32> {
     let keep = xi.div_ceil(2);
-    let mut out = Vec::with_capacity(items * classes * xi);
-    for _ in 0..items * classes {
+    let mut out = Vec::with_capacity(classes * xi);
+    for _ in 0..classes {
         let mut group: Vec<f32> = (0..xi).map(|j| if j < keep { 1.0 } else { 0.0 }).collect();
         rng.shuffle(&mut group);
         out.extend(group);
@@ -94,9 +101,9 @@ impl<B: Backend> McLossHead<B> {
 impl<B: Backend> Head<B> for McLossHead<B> {
     fn loss(&self, x: &Inputs<B>, _step: usize) -> StepOutput<B> {
         let f = self.features(x);
-        let [b, kx, _, _] = f.dims();
-        let mask = channel_mask(b, kx / self.xi, self.xi, &mut x.rng(1));
-        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, kx]), &f.device());
+        let kx = f.dims()[1];
+        let mask = channel_mask(kx / self.xi, self.xi, &mut x.rng(1));
+        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [1, kx]), &f.device());
         let logits = self.fc.forward(gap(f.clone()));
         let (dis, div) = mc_terms(f, &x.labels, self.xi, Some(mask));
         let loss = cross_entropy(logits.clone(), &x.labels) + dis * self.mu + div * self.lambda;

@@ -224,7 +224,7 @@ pub fn build_head<B: AutodiffBackend, V: HeadVisitor<B>>(
         Method::IsqrtCov => visitor.visit(CovarianceHead::new(f, c, p.count("reduced"), k, true, device)),
         Method::GroupedBilinear => visitor.visit(GroupedBilinearHead::new(f, c, p.count("groups"), p.count("group_channels"), p.get("lambda"), k, device)),
         Method::Maxent => visitor.visit(maxent::MaxEntHead::new(f, c, k, p.get("gamma"), device)),
-        Method::PairwiseConfusion => visitor.visit(pairwise_confusion::PairwiseConfusionHead::new(f, c, k, p.get("lambda"), device)),
+        Method::PairwiseConfusion => visitor.visit(pairwise_confusion::PairwiseConfusionHead::new(f, c, k, p.get("lambda_per_class") * k as f64, device)),
         Method::Cin => visitor.visit(cin::CinHead::new(f, c, k, p.get("lambda"), p.get("beta"), device)),
         Method::GbLoss => visitor.visit(gb_loss::GbLossHead::new(f, c, k, p.count("k"), p.get("p_peak"), p.get("p_patch"), p.count("grid"), device)),
         Method::McLoss => visitor.visit(mc_loss::McLossHead::new(backbone(), f, c, k, p.count("xi"), p.get("mu"), p.get("lambda"), device)),

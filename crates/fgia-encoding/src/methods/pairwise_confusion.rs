@@ -12,7 +12,9 @@
 //! norms* of the paired softmax differences divided by the batch size,
 //! `L_PC = (1/B) Σ_{i < B/2} ‖p_i − p_{i + B/2}‖₂`. The paper's conditioning on pairs of
 //! different classes is not applied by that implementation and not here either. An odd batch
-//! drops its last image from the pairing. `λ` is a recipe parameter (the recipes use 10).
+//! drops its last image from the pairing (the authors' function refuses it). `λ` follows the
+//! authors' README, which puts the useful range at 0.1 N to 0.2 N for N classes: the recipe
+//! parameter `lambda_per_class` (default 0.1) times the number of classes.
 
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
@@ -40,7 +42,7 @@ pub struct PairwiseConfusionHead<B: Backend> {
     pub fc: Linear<B>,
     /// Stage whose map is pooled.
     pub stage: usize,
-    /// `λ`.
+    /// `λ` (already multiplied by the number of classes).
     pub lambda: f64,
 }
 
