@@ -133,3 +133,42 @@ fn registry_names_round_trip_and_families_follow_the_survey() {
     }
     assert!("bilinear".parse::<Method>().is_err());
 }
+
+#[test]
+fn every_table2_recipe_is_valid_and_names_a_registered_method() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/table2");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("recipes/table2") {
+        let path = entry.expect("entry").path();
+        let mut v: toml::Value = toml::from_str(&std::fs::read_to_string(&path).expect("read")).expect("TOML");
+        // The [smoke] table is read by xtask, not by the CLI.
+        v.as_table_mut().expect("table").remove("smoke");
+        let r = fgia_encoding::EncodingRecipe::parse(&toml::to_string(&v).expect("serialise")).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(path.file_stem().and_then(|s| s.to_str()), Some(r.method.name.name()), "file named after its method");
+        assert_eq!(r.report.table, "table2");
+        seen.push(r.method.name);
+    }
+    for m in Method::ALL {
+        assert!(seen.contains(&m), "{m} has no recipe");
+    }
+}
+
+#[test]
+fn bad_recipes_are_rejected_with_the_reason() {
+    let base = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/table2/cbp-ts.toml")).expect("read");
+    let mut v: toml::Value = toml::from_str(&base).expect("TOML");
+    v.as_table_mut().expect("table").remove("smoke");
+    let with = |section: &str, sub: Option<&str>, key: &str, value: toml::Value| {
+        let mut w = v.clone();
+        let mut t = w.get_mut(section).and_then(toml::Value::as_table_mut).expect("section");
+        if let Some(sub) = sub {
+            t = t.get_mut(sub).and_then(toml::Value::as_table_mut).expect("sub-table");
+        }
+        t.insert(key.into(), value);
+        fgia_encoding::EncodingRecipe::parse(&toml::to_string(&w).expect("serialise")).expect_err("rejected")
+    };
+    assert!(with("method", Some("params"), "dim", 1000.into()).contains("power of two"));
+    assert!(with("method", Some("params"), "size", 4.into()).contains("'size' is not a parameter"));
+    assert!(with("model", None, "feature_stage", 9.into()).contains("feature_stage"));
+    assert!(with("train", None, "lr", (-1.0).into()).contains("lr"));
+}
