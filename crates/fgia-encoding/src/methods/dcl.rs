@@ -26,6 +26,7 @@ use fgia_core::rng::SplitMix64;
 use fgia_nn::Network;
 
 use super::{Head, Inputs, LastStage, StepOutput, cross_entropy, gap};
+use crate::pooling::pointwise;
 
 fn local_order(n: usize, k: usize, rng: &mut SplitMix64) -> Vec<usize> {
     let q: Vec<f64> = (0..n).map(|j| j as f64 + (rng.next_f64() * 2.0 - 1.0) * k as f64).collect();
@@ -90,7 +91,7 @@ impl<B: Backend> DclHead<B> {
     }
 
     fn alignment(&self, f: Tensor<B, 4>) -> Tensor<B, 2> {
-        let a = self.align.forward(f); // [B, 1, h, w]
+        let a = pointwise(&self.align, f); // [B, 1, h, w]
         let [b, _, h, _] = a.dims();
         let n = self.regions;
         let a = if h == n { a } else { avg_pool2d(a, [h / n, h / n], [h / n, h / n], [0, 0], true, false) };

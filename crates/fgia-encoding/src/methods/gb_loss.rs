@@ -22,6 +22,7 @@ use burn::prelude::*;
 use fgia_core::rng::SplitMix64;
 
 use super::{Head, Inputs, StepOutput, gap};
+use crate::pooling::pointwise;
 
 /// The gradient-boosting loss of scores `[B, K]` with the `k` hardest negatives.
 pub fn gb_loss<B: Backend>(scores: Tensor<B, 2>, labels: &[usize], k: usize) -> Tensor<B, 1> {
@@ -110,7 +111,7 @@ impl<B: Backend> GbLossHead<B> {
 
 impl<B: Backend> Head<B> for GbLossHead<B> {
     fn loss(&self, x: &Inputs<B>, _step: usize) -> StepOutput<B> {
-        let maps = self.cam.forward(x.tap(self.stage)); // [B, K, h, w]
+        let maps = pointwise(&self.cam, x.tap(self.stage)); // [B, K, h, w]
         let shape = maps.dims();
         let values: Vec<f32> = maps.clone().detach().into_data().convert::<f32>().to_vec().unwrap_or_default();
         let mask = suppression_mask(&values, shape, self.p_peak, self.p_patch, self.grid, &mut x.rng(3));
@@ -120,6 +121,6 @@ impl<B: Backend> Head<B> for GbLossHead<B> {
     }
 
     fn logits(&self, x: &Inputs<B>) -> Tensor<B, 2> {
-        gap(self.cam.forward(x.tap(self.stage)))
+        gap(pointwise(&self.cam, x.tap(self.stage)))
     }
 }

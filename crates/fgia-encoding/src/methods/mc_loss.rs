@@ -28,6 +28,7 @@ use burn::tensor::activation::{relu, softmax};
 use fgia_nn::Network;
 
 use super::{Head, Inputs, LastStage, StepOutput, cross_entropy, gap};
+use crate::pooling::pointwise;
 
 /// The two MC terms `(L_dis, 1 − L_div)` of a `[B, K ξ, h, w]` map (`mask`: 0/1 per channel,
 /// `[1, K ξ]` shared by the batch or `[B, K ξ]`; `None` at full attention).
@@ -94,7 +95,7 @@ impl<B: Backend> McLossHead<B> {
     }
 
     fn features(&self, x: &Inputs<B>) -> Tensor<B, 4> {
-        relu(self.channels.forward(self.last.of(x)))
+        relu(pointwise(&self.channels, self.last.of(x)))
     }
 }
 

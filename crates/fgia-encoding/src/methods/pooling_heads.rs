@@ -16,7 +16,7 @@ use crate::pooling::kernel_pooling::KernelPooling;
 use crate::pooling::lrbp::LowRankBilinear;
 use crate::pooling::mpn_cov::{ALPHA, mpn_cov};
 use crate::pooling::tensor_sketch::TensorSketch;
-use crate::pooling::{bcnn, sqrt_l2};
+use crate::pooling::{bcnn, pointwise, sqrt_l2};
 
 macro_rules! ce_head {
     ($t:ident) => {
@@ -131,7 +131,7 @@ impl<B: Backend> LrbpHead<B> {
     }
 
     fn scores(&self, x: &Inputs<B>) -> Tensor<B, 2> {
-        self.classifier.forward(self.reduction.forward(x.tap(self.stage)))
+        self.classifier.forward(pointwise(&self.reduction, x.tap(self.stage)))
     }
 }
 ce_head!(LrbpHead);

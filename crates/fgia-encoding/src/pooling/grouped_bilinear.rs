@@ -18,7 +18,7 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 
-use super::{descriptors, sqrt_l2};
+use super::{descriptors, pointwise, sqrt_l2};
 
 /// The grouping layer and sizes.
 #[derive(Module, Debug)]
@@ -44,7 +44,7 @@ impl<B: Backend> GroupedBilinear<B> {
 
     /// The grouped map `[B, G c, h, w]`.
     pub fn group(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.grouping.forward(x)
+        pointwise(&self.grouping, x)
     }
 
     /// Pooled descriptor of a grouped map.

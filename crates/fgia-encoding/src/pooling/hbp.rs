@@ -14,7 +14,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::module::avg_pool2d;
 
-use super::sqrt_l2;
+use super::{pointwise, sqrt_l2};
 
 /// The projections of HBP.
 #[derive(Module, Debug)]
@@ -40,7 +40,7 @@ impl<B: Backend> HierarchicalBilinear<B> {
     /// Maps `[B, C_i, h, w]` (same `h, w`) to `[B, pairs d]`.
     pub fn forward(&self, layers: Vec<Tensor<B, 4>>) -> Tensor<B, 2> {
         assert_eq!(layers.len(), self.projections.len(), "HBP: one map per projection");
-        let proj: Vec<Tensor<B, 4>> = layers.into_iter().zip(&self.projections).map(|(x, p)| p.forward(x)).collect();
+        let proj: Vec<Tensor<B, 4>> = layers.into_iter().zip(&self.projections).map(|(x, p)| pointwise(p, x)).collect();
         let side = proj.iter().map(|p| p.dims()[2]).min().unwrap_or(1);
         let proj: Vec<Tensor<B, 4>> = proj
             .into_iter()

@@ -75,6 +75,6 @@ impl<B: Backend> Reduction<B> {
     /// # Shapes
     /// `[B, C_in, h, w]` to `[B, C_out, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        relu(self.bn.forward(self.conv.forward(x)))
+        relu(fgia_nn::norm::batch_norm(&self.bn, super::pointwise(&self.conv, x)))
     }
 }
