@@ -41,17 +41,21 @@ fn summarise(records: &[&Loaded]) -> Result<DataFrame, ReportError> {
 }
 
 /// The paper backbone a record stands in for (from its "X instead of Y" deviation), as the
-/// survey writes it.
-fn paper_backbone(records: &[&Loaded], method: &str) -> Option<&'static str> {
-    let dev = records.iter().filter(|l| l.record.method == method).flat_map(|l| l.record.deviations.iter()).find(|d| d.contains(" instead of "))?;
-    [("resnet101", "ResNet-101"), ("resnet50", "ResNet-50"), ("vgg16", "VGG-16")].iter().find(|(k, _)| dev.contains(k)).map(|(_, v)| *v)
+/// survey may write it, most specific first (VGG-16 is "VGG-D"; a symmetric B-CNN is
+/// "VGG-D + VGG-D").
+fn paper_backbone(records: &[&Loaded], method: &str) -> &'static [&'static str] {
+    let Some(dev) = records.iter().filter(|l| l.record.method == method).flat_map(|l| l.record.deviations.iter()).find(|d| d.contains(" instead of ")) else {
+        return &[];
+    };
+    const NAMES: [(&str, &[&str]); 3] = [("resnet101", &["ResNet-101"]), ("resnet50", &["ResNet-50"]), ("vgg16", &["VGG-16", "VGG-D + VGG-D", "VGG-D"])];
+    NAMES.iter().find(|(k, _)| dev.contains(k)).map(|(_, v)| *v).unwrap_or(&[])
 }
 
 /// The paper value shown for a method and dataset: the row with the backbone our recipe stands
 /// in for, else the first row; with the number of other rows.
-fn paper_row<'a>(refs: &[&'a ReferenceValue], method: &str, dataset: &str, backbone: Option<&str>) -> Option<(&'a ReferenceValue, usize)> {
+fn paper_row<'a>(refs: &[&'a ReferenceValue], method: &str, dataset: &str, backbones: &[&str]) -> Option<(&'a ReferenceValue, usize)> {
     let rows: Vec<&ReferenceValue> = refs.iter().copied().filter(|r| r.method == method && r.dataset == dataset).collect();
-    let pick = backbone.and_then(|b| rows.iter().copied().find(|r| r.backbone.contains(b))).or_else(|| rows.first().copied())?;
+    let pick = backbones.iter().find_map(|b| rows.iter().copied().find(|r| r.backbone.starts_with(b))).or_else(|| rows.first().copied())?;
     Some((pick, rows.len() - 1))
 }
 

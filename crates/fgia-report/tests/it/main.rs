@@ -125,6 +125,9 @@ fn table2_page_groups_methods_like_the_survey_with_paper_ours_and_delta() {
     mk("iSQRT-COV (fast MPN-COV)", "CUB-200-2011", 1, 72.0).write(&results.join("table2/b.json")).expect("write");
     mk("DCL", "Stanford-Cars", 0, 40.0).write(&results.join("table2/c.json")).expect("write");
     mk("CBP (Random Maclaurin)", "CUB-200-2011", 0, 60.0).write(&results.join("table2/d.json")).expect("write");
+    let mut b = mk("B-CNN", "CUB-200-2011", 0, 74.0);
+    b.deviations = vec!["EfficientNet-Lite0 (ImageNet) instead of vgg16".into()];
+    b.write(&results.join("table2/e.json")).expect("write");
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/reference/survey-results.csv");
     let out = dir.path().join("reports");
     fgia_report::render(&results, &reference, &out).expect("renders");
@@ -140,6 +143,9 @@ fn table2_page_groups_methods_like_the_survey_with_paper_ours_and_delta() {
     // A method the survey does not list is shown as such; methods not run say so.
     assert!(t2.contains("CBP (Random Maclaurin)") && t2.contains("not in the survey's table"));
     assert!(t2.contains("not run"));
+    // A symmetric B-CNN standing in for VGG-16 is compared with the [D,D] row (84.0), not the
+    // [D,M] one (84.1): delta -10.0.
+    assert!(t2.contains("VGG-D + VGG-D") && t2.contains("-10.0"), "{t2}");
     assert!(t2.contains("Deviations from the papers") && t2.contains("instead of resnet50"));
     let index = std::fs::read_to_string(out.join("index.html")).expect("index");
     assert!(index.contains("table2.html"));
