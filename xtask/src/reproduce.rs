@@ -162,35 +162,47 @@ pub fn table5(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[
                     d.extend(deviations);
                 }
                 let key = format!("{}-{dataset}-{method}-seed{seed}", profile.name());
-                let result = results.join(format!("{key}.json"));
-                if fgia_core::record::ResultRecord::read(&result).is_ok() {
-                    println!("{key}: finished earlier ({}), skipped", result.display());
-                    continue;
-                }
-                let run_dir = runs.join(&key);
-                if run_dir.exists() {
-                    // Killed before its result: retrieval runs restart (seconds to minutes).
-                    std::fs::remove_dir_all(&run_dir)?;
-                }
-                let recipe_path = runs.join(format!("{key}.recipe.toml"));
-                fgia_core::record::write_atomic(&recipe_path, toml::to_string_pretty(&r)?.as_bytes())?;
-                pending.push(recipe_path);
+                pending.extend(stage_recipe(&runs, &results, &key, &r)?);
             }
         }
         if pending.is_empty() {
             continue;
         }
         println!("Table 5 ({}), {dataset}: {} runs on {}", profile.name(), pending.len(), root.display());
-        let mut cmd = Command::new(&fgia);
-        cmd.arg("--device").arg(device).arg("retrieval").arg("--runs-dir").arg(&runs).arg("--results-dir").arg(&results).arg("--data-root").arg(root);
-        for p in &pending {
-            cmd.arg("--recipe").arg(p);
-        }
-        cmd.env("FGIA_GIT_REV", git_revision(ws));
-        let status = cmd.status().with_context(|| format!("running {}", fgia.display()))?;
-        if !status.success() {
-            bail!("Table 5 on {dataset} failed ({status}); rerun the same command to resume (finished methods are skipped)");
-        }
+        run_recipes(ws, &fgia, device, "retrieval", &runs, &results, root, &pending).with_context(|| format!("Table 5 on {dataset}"))?;
+    }
+    Ok(())
+}
+
+/// Writes the recipe of run `key` for the CLI, unless its result record exists (then `None`,
+/// said on stdout). A run folder without a result (a killed run) is removed: the run restarts.
+pub fn stage_recipe(runs: &Path, results: &Path, key: &str, recipe: &toml::Value) -> Result<Option<PathBuf>> {
+    let result = results.join(format!("{key}.json"));
+    if fgia_core::record::ResultRecord::read(&result).is_ok() {
+        println!("{key}: finished earlier ({}), skipped", result.display());
+        return Ok(None);
+    }
+    let run_dir = runs.join(key);
+    if run_dir.exists() {
+        std::fs::remove_dir_all(&run_dir)?;
+    }
+    let recipe_path = runs.join(format!("{key}.recipe.toml"));
+    fgia_core::record::write_atomic(&recipe_path, toml::to_string_pretty(recipe)?.as_bytes())?;
+    Ok(Some(recipe_path))
+}
+
+/// Runs `fgia <command>` once on a list of recipes (they share the cached backbone maps).
+#[allow(clippy::too_many_arguments)]
+pub fn run_recipes(ws: &Path, fgia: &Path, device: &str, command: &str, runs: &Path, results: &Path, root: &Path, recipes: &[PathBuf]) -> Result<()> {
+    let mut cmd = Command::new(fgia);
+    cmd.arg("--device").arg(device).arg(command).arg("--runs-dir").arg(runs).arg("--results-dir").arg(results).arg("--data-root").arg(root);
+    for p in recipes {
+        cmd.arg("--recipe").arg(p);
+    }
+    cmd.env("FGIA_GIT_REV", git_revision(ws));
+    let status = cmd.status().with_context(|| format!("running {}", fgia.display()))?;
+    if !status.success() {
+        bail!("`fgia {command}` failed ({status}); rerun the same command to resume (finished runs are skipped)");
     }
     Ok(())
 }

@@ -8,11 +8,11 @@
 //! view for all of them. Finished runs (a readable result record) are skipped.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Profile, cli_binary, git_revision};
+use crate::reproduce::{run_recipes, stage_recipe};
+use crate::{Profile, cli_binary};
 
 /// The methods, in the survey's order (§5.2.1, §5.2.2, §5.2.3).
 pub const METHODS: [&str; 17] = [
@@ -139,35 +139,14 @@ pub fn table2(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[
             for seed in 0..seeds as u64 {
                 let r = setting(&template, method, format, profile, seed)?;
                 let key = format!("{}-{format}-{method}-seed{seed}", profile.name());
-                let result = results.join(format!("{key}.json"));
-                if fgia_core::record::ResultRecord::read(&result).is_ok() {
-                    println!("{key}: finished earlier ({}), skipped", result.display());
-                    continue;
-                }
-                let run_dir = runs.join(&key);
-                if run_dir.exists() {
-                    // Killed before its result: the run restarts from its cached maps.
-                    std::fs::remove_dir_all(&run_dir)?;
-                }
-                let recipe_path = runs.join(format!("{key}.toml"));
-                fgia_core::record::write_atomic(&recipe_path, toml::to_string_pretty(&r)?.as_bytes())?;
-                pending.push(recipe_path);
+                pending.extend(stage_recipe(&runs, &results, &key, &r)?);
             }
         }
         if pending.is_empty() {
             continue;
         }
         println!("Table 2 ({}), {format}: {} runs on {}", profile.name(), pending.len(), root.display());
-        let mut cmd = Command::new(&fgia);
-        cmd.arg("--device").arg(device).arg("encoding").arg("--runs-dir").arg(&runs).arg("--results-dir").arg(&results).arg("--data-root").arg(root);
-        for p in &pending {
-            cmd.arg("--recipe").arg(p);
-        }
-        cmd.env("FGIA_GIT_REV", git_revision(ws));
-        let status = cmd.status().with_context(|| format!("running {}", fgia.display()))?;
-        if !status.success() {
-            bail!("Table 2 on {format} failed ({status}); rerun the same command to resume (finished methods are skipped)");
-        }
+        run_recipes(ws, &fgia, device, "encoding", &runs, &results, root, &pending).with_context(|| format!("Table 2 on {format}"))?;
     }
     Ok(())
 }

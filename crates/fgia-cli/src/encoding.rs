@@ -6,16 +6,16 @@ use burn::prelude::*;
 use fgia_encoding::run::Caches;
 use fgia_encoding::{EncodingContext, EncodingRecipe, run_recipe};
 
-use crate::EncodingArgs;
+use crate::RetrievalArgs;
 use crate::commands::{git_revision, resolve_pretrained};
 
-pub fn encoding<B: Backend>(a: EncodingArgs, device: B::Device, device_name: String) -> Result<()> {
+pub fn encoding<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: String) -> Result<()> {
     std::fs::create_dir_all(&a.results_dir).with_context(|| a.results_dir.display().to_string())?;
     // Read every recipe first: errors surface before any work, and the cache plan sees them all.
     let mut todo = Vec::new();
     let mut caches = Caches::default();
     for path in &a.recipe {
-        let key = path.file_stem().and_then(|s| s.to_str()).context("recipe file name")?.to_string();
+        let key = path.file_stem().and_then(|s| s.to_str()).context("recipe file name")?.trim_end_matches(".recipe").to_string();
         let result = a.results_dir.join(format!("{key}.json"));
         if a.skip_existing && fgia_core::record::ResultRecord::read(&result).is_ok() {
             println!("{key}: finished earlier ({}), skipped", result.display());

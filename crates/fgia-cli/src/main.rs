@@ -50,43 +50,18 @@ enum Command {
     Retrieval(RetrievalArgs),
     /// Run feature-encoding recipes (Table 2, §5.2): high-order pooling, fine-grained losses,
     /// DCL, PMG; one result record per recipe.
-    Encoding(EncodingArgs),
+    Encoding(RetrievalArgs),
     /// Index a folder of images (recursively) for retrieval.
     Index(IndexArgs),
     /// Search an index with query images: top-K with distances, and an HTML page.
     Query(QueryArgs),
 }
 
+/// Arguments of the commands that run a list of recipes (`retrieval`, `encoding`).
 #[derive(clap::Args, Debug)]
 struct RetrievalArgs {
-    /// Recipe files (TOML); methods sharing a backbone, dataset and input size share the
-    /// cached feature maps.
-    #[arg(long, required = true)]
-    recipe: Vec<PathBuf>,
-    /// Folder of run folders (one per recipe, named after the recipe file).
-    #[arg(long)]
-    runs_dir: PathBuf,
-    /// Folder of result records (`<recipe name>.json`).
-    #[arg(long)]
-    results_dir: PathBuf,
-    /// Dataset root (overrides the recipes').
-    #[arg(long)]
-    data_root: Option<PathBuf>,
-    /// Pretrained weights file (default: resolved from the caches).
-    #[arg(long)]
-    weights: Option<PathBuf>,
-    /// Skip recipes whose result record exists.
-    #[arg(long)]
-    skip_existing: bool,
-    /// No progress bars.
-    #[arg(long)]
-    quiet: bool,
-}
-
-#[derive(clap::Args, Debug)]
-struct EncodingArgs {
     /// Recipe files (TOML); recipes sharing a backbone, dataset, input size and views share one
-    /// pass of the backbone (the feature maps every one of them reads are cached together).
+    /// pass of the backbone (the feature maps they read are cached together).
     #[arg(long, required = true)]
     recipe: Vec<PathBuf>,
     /// Folder of run folders (one per recipe, named after the recipe file).

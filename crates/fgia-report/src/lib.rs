@@ -241,6 +241,29 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
     Ok(summary)
 }
 
+/// "Deviations from the papers' settings": each deviation once, with the methods it applies to.
+pub(crate) fn deviations_list(records: &[&Loaded]) -> String {
+    let mut devs: Vec<(String, Vec<String>)> = Vec::new();
+    for l in records {
+        for d in &l.record.deviations {
+            match devs.iter_mut().find(|(x, _)| x == d) {
+                Some((_, ms)) => {
+                    if !ms.contains(&l.record.method) {
+                        ms.push(l.record.method.clone());
+                    }
+                }
+                None => devs.push((d.clone(), vec![l.record.method.clone()])),
+            }
+        }
+    }
+    let mut out = String::from("<h2>Deviations from the papers' settings</h2>\n<ul>\n");
+    for (d, ms) in devs {
+        let _ = writeln!(out, "<li>{} <span class=\"muted\">({})</span></li>", esc(&d), esc(&ms.join(", ")));
+    }
+    out.push_str("</ul>\n");
+    out
+}
+
 pub(crate) fn get_f64(df: &DataFrame, name: &str, i: usize) -> Option<f64> {
     df.column(name).ok()?.get(i).ok().and_then(|v| v.try_extract::<f64>().ok()).filter(|v| v.is_finite())
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use polars::prelude::*;
 
 use crate::reference::ReferenceValue;
-use crate::{Loaded, ReportError, esc, get_f64, get_str, run_page_name};
+use crate::{Loaded, ReportError, deviations_list, esc, get_f64, get_str, run_page_name};
 
 /// Survey order of the datasets.
 const DATASETS: [&str; 4] = ["CUB-200-2011", "Stanford-Dogs", "Stanford-Cars", "FGVC-Aircraft"];
@@ -174,24 +174,7 @@ pub fn table2_body(records: &[&Loaded], reference: &[&ReferenceValue]) -> Result
     }
     if records.iter().any(|l| !l.record.deviations.is_empty()) {
         body.push_str("<p class=\"warn\">Δ is measured against the paper's setting. Runs with the deviations below (another backbone, a subset of the data, a frozen backbone, fewer epochs) are not comparable in absolute terms; they show that each method trains end to end and how the methods rank on the same features.</p>\n");
-        body.push_str("<h2>Deviations from the papers' settings</h2>\n<ul>\n");
-        let mut devs: Vec<(String, Vec<String>)> = Vec::new();
-        for l in records {
-            for d in &l.record.deviations {
-                match devs.iter_mut().find(|(x, _)| x == d) {
-                    Some((_, ms)) => {
-                        if !ms.contains(&l.record.method) {
-                            ms.push(l.record.method.clone());
-                        }
-                    }
-                    None => devs.push((d.clone(), vec![l.record.method.clone()])),
-                }
-            }
-        }
-        for (d, ms) in devs {
-            let _ = writeln!(body, "<li>{} <span class=\"muted\">({})</span></li>", esc(&d), esc(&ms.join(", ")));
-        }
-        body.push_str("</ul>\n");
+        body.push_str(&deviations_list(records));
     }
     if !records.is_empty() {
         body.push_str("<h2>Protocol (as recorded)</h2>\n<table><tr><th>Method</th><th>Dataset</th><th>Data</th><th>Train transform</th><th>Test transform</th><th>TTA</th><th>Trained layers</th><th>Optimiser and parameters</th><th>Epochs</th><th>Checkpoint</th></tr>\n");

@@ -7,7 +7,7 @@ use polars::prelude::*;
 
 use crate::charts::{Series, line_chart};
 use crate::reference::ReferenceValue;
-use crate::{Loaded, ReportError, esc, get_f64, get_str, run_page_name, write};
+use crate::{Loaded, ReportError, deviations_list, esc, get_f64, get_str, run_page_name, write};
 
 const KS: [usize; 4] = [1, 2, 4, 8];
 /// Metrics summarised over seeds (column names are the record's metric names).
@@ -165,24 +165,7 @@ pub fn table5_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Pat
     }
     if records.iter().any(|l| !l.record.deviations.is_empty()) {
         body.push_str("<p class=\"warn\">Δ is measured against the paper's setting. Runs with the deviations listed below (another backbone, a subset of the data, a frozen backbone) are not comparable in absolute terms. Methods marked \"equation reconstructed\" follow the paper's abstract and the survey's description, not the paper's full text.</p>\n");
-        body.push_str("<h2>Deviations from the papers' settings</h2>\n<ul>\n");
-        let mut devs: Vec<(String, Vec<String>)> = Vec::new();
-        for l in records {
-            for d in &l.record.deviations {
-                match devs.iter_mut().find(|(x, _)| x == d) {
-                    Some((_, ms)) => {
-                        if !ms.contains(&l.record.method) {
-                            ms.push(l.record.method.clone());
-                        }
-                    }
-                    None => devs.push((d.clone(), vec![l.record.method.clone()])),
-                }
-            }
-        }
-        for (d, ms) in devs {
-            let _ = writeln!(body, "<li>{} <span class=\"muted\">({})</span></li>", esc(&d), esc(&ms.join(", ")));
-        }
-        body.push_str("</ul>\n");
+        body.push_str(&deviations_list(records));
     }
     if !records.is_empty() {
         body.push_str("<h2>Protocol (as recorded)</h2>\n<table><tr><th>Method</th><th>Data</th><th>Split</th><th>Test images</th><th>TTA</th><th>Trained layers</th><th>Optimiser</th><th>Epochs</th></tr>\n");
