@@ -1,12 +1,12 @@
 //! Retrieval recipes: one TOML file per method and setting (`recipes/table5/`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fgia_core::imaging::{Normalize, Transform};
 use fgia_core::retrieval::Distance;
 use fgia_nn::BackboneKind;
 use fgia_train::TrainError;
-use fgia_train::recipe::ReportSection;
+use fgia_train::recipe::{CachedDataSection, ReportSection};
 use serde::{Deserialize, Serialize};
 
 use crate::Method;
@@ -21,7 +21,7 @@ pub struct CbirRecipe {
     /// The backbone.
     pub model: CbirModel,
     /// The data and the class-disjoint split.
-    pub data: CbirData,
+    pub data: CachedDataSection,
     /// Training of the embedding (ignored by unsupervised methods).
     #[serde(default)]
     pub train: CbirTrain,
@@ -54,27 +54,6 @@ pub struct CbirModel {
 
 fn d512() -> usize {
     512
-}
-
-/// Data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CbirData {
-    /// Reader: `cub`, `cars`, ...
-    pub format: String,
-    /// Root (the CLI's `--data-root` overrides it).
-    #[serde(default)]
-    pub root: Option<PathBuf>,
-    /// Human description of the data actually used.
-    #[serde(default)]
-    pub description: Option<String>,
-    /// Shorter side after resizing.
-    pub resize: u32,
-    /// Centre (test) and random (training) crop side.
-    pub crop: u32,
-    /// Skip undecodable images (counted) instead of failing.
-    #[serde(default)]
-    pub skip_bad: bool,
 }
 
 /// Training of the embedding head.
@@ -177,9 +156,7 @@ impl CbirRecipe {
                 return Err(format!("train: lr {} / weight_decay {} out of range", t.lr, t.weight_decay));
             }
         }
-        if self.data.crop == 0 || self.data.resize < self.data.crop {
-            return Err(format!("data: resize {} must be >= crop {} > 0", self.data.resize, self.data.crop));
-        }
+        self.data.validate()?;
         if self.eval.ks.is_empty() || self.eval.ks.contains(&0) {
             return Err("eval.ks must be non-empty and positive".into());
         }
@@ -191,12 +168,12 @@ impl CbirRecipe {
 
     /// Training images: resize, random crop, random flip.
     pub fn train_transform(&self) -> Transform {
-        Transform::train(self.data.resize, self.data.crop, self.normalize())
+        self.data.train_transform(self.normalize())
     }
 
     /// Test images: resize, centre crop.
     pub fn eval_transform(&self) -> Transform {
-        Transform::eval(self.data.resize, self.data.crop, self.normalize())
+        self.data.eval_transform(self.normalize())
     }
 
     fn normalize(&self) -> Normalize {

@@ -10,7 +10,7 @@ use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use fgia_core::datasets::{Dataset, DatasetKind, ReadOptions};
+use fgia_core::datasets::Dataset;
 use fgia_core::record::{EpochMetrics, Protocol, RECORD_SCHEMA, ResultRecord, now_utc_rfc3339, write_atomic, write_json_atomic};
 use fgia_core::retrieval::Distance;
 use fgia_nn::weights::load_network;
@@ -56,12 +56,9 @@ pub struct SharedCache {
 /// classes (by id) train, the rest test. For CUB-200-2011 and Stanford Cars this is the
 /// standard 1-100 / 101-200 and 1-98 / 99-196.
 pub fn retrieval_dataset(recipe: &CbirRecipe, root_override: Option<&Path>) -> Result<Dataset, TrainError> {
-    let kind: DatasetKind = recipe.data.format.parse().map_err(|m: String| TrainError::Recipe { path: "<recipe>".into(), message: m })?;
-    let root = root_override
-        .map(Path::to_path_buf)
-        .or_else(|| recipe.data.root.clone())
-        .ok_or_else(|| TrainError::Recipe { path: "<recipe>".into(), message: "no dataset root (set data.root or pass --data-root)".into() })?;
-    let ds = kind.read(&root, ReadOptions { skip_bad: recipe.data.skip_bad })?;
+    let kind = recipe.data.kind()?;
+    let root = recipe.data.root(root_override)?;
+    let ds = recipe.data.read(root_override)?;
     let n = ds.num_classes();
     if n < 2 {
         return Err(TrainError::Recipe { path: root, message: format!("{n} classes: a class-disjoint split needs at least 2") });

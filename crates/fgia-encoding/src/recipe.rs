@@ -1,12 +1,12 @@
 //! Feature-encoding recipes: one TOML file per method and setting (`recipes/table2/`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fgia_core::imaging::{Normalize, Transform};
 use fgia_nn::BackboneKind;
 use fgia_train::TrainError;
-use fgia_train::recipe::ReportSection;
+use fgia_train::recipe::{CachedDataSection, ReportSection};
 use serde::{Deserialize, Serialize};
 
 use crate::Method;
@@ -20,7 +20,7 @@ pub struct EncodingRecipe {
     /// The backbone.
     pub model: EncodingModel,
     /// The data.
-    pub data: EncodingData,
+    pub data: CachedDataSection,
     /// Training.
     pub train: EncodingTrain,
     /// Evaluation.
@@ -53,27 +53,6 @@ pub struct EncodingModel {
     /// The stage (of `Network::forward_stage`) whose output is the "last feature map" the
     /// methods read; the stages after it are not used.
     pub feature_stage: usize,
-}
-
-/// Data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EncodingData {
-    /// Reader: `cub`, `cars`, `dogs`, `aircraft`, ...
-    pub format: String,
-    /// Root (the CLI's `--data-root` overrides it).
-    #[serde(default)]
-    pub root: Option<PathBuf>,
-    /// Human description of the data actually used.
-    #[serde(default)]
-    pub description: Option<String>,
-    /// Shorter side after resizing.
-    pub resize: u32,
-    /// Centre (test) and random (training) crop side.
-    pub crop: u32,
-    /// Skip undecodable images (counted) instead of failing.
-    #[serde(default)]
-    pub skip_bad: bool,
 }
 
 /// Training.
@@ -239,9 +218,7 @@ impl EncodingRecipe {
         if !(0.0..1.0).contains(&t.momentum) {
             return Err(format!("train: momentum {} must be in [0, 1)", t.momentum));
         }
-        if self.data.crop == 0 || self.data.resize < self.data.crop {
-            return Err(format!("data: resize {} must be >= crop {} > 0", self.data.resize, self.data.crop));
-        }
+        self.data.validate()?;
         let stages = self.model.backbone.num_stages();
         let f = self.model.feature_stage;
         if f >= stages || f < 2 {
@@ -268,12 +245,12 @@ impl EncodingRecipe {
 
     /// Training images: resize, random crop, random flip.
     pub fn train_transform(&self) -> Transform {
-        Transform::train(self.data.resize, self.data.crop, self.normalize())
+        self.data.train_transform(self.normalize())
     }
 
     /// Test images: resize, centre crop.
     pub fn eval_transform(&self) -> Transform {
-        Transform::eval(self.data.resize, self.data.crop, self.normalize())
+        self.data.eval_transform(self.normalize())
     }
 
     fn normalize(&self) -> Normalize {

@@ -12,7 +12,7 @@ use burn::optim::{GradientsParams, Optimizer, SgdConfig, decay::WeightDecayConfi
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
-use fgia_core::datasets::{Dataset, DatasetKind, ReadOptions};
+use fgia_core::datasets::Dataset;
 use fgia_core::record::{EpochMetrics, Protocol, RECORD_SCHEMA, ResultRecord, now_utc_rfc3339, write_json_atomic};
 use fgia_core::rng::SplitMix64;
 use fgia_core::sampler::pk_batches;
@@ -63,17 +63,10 @@ fn edit_key(r: &EncodingRecipe, root: &Path, edit: Edit) -> String {
     format!("{}|{edit:?}|{}", base_key(r, root), r.train.edited_views)
 }
 
-fn recipe_root(r: &EncodingRecipe, root_override: Option<&Path>) -> Result<PathBuf, TrainError> {
-    root_override
-        .map(Path::to_path_buf)
-        .or_else(|| r.data.root.clone())
-        .ok_or_else(|| TrainError::Recipe { path: "<recipe>".into(), message: "no dataset root (set data.root or pass --data-root)".into() })
-}
-
 impl Caches {
     /// Registers the stages a recipe will read.
     pub fn plan(&mut self, r: &EncodingRecipe, root_override: Option<&Path>) -> Result<(), TrainError> {
-        let root = recipe_root(r, root_override)?;
+        let root = r.data.root(root_override)?;
         self.wanted.entry(base_key(r, &root)).or_default().extend(r.taps());
         for (edit, taps) in r.method.name.edits(r.model.feature_stage, &r.params()) {
             self.wanted.entry(edit_key(r, &root, edit)).or_default().extend(taps);
@@ -138,9 +131,7 @@ impl Caches {
 
 /// Reads a recipe's dataset (its official train/test split).
 pub fn dataset(r: &EncodingRecipe, root_override: Option<&Path>) -> Result<Dataset, TrainError> {
-    let kind: DatasetKind = r.data.format.parse().map_err(|m: String| TrainError::Recipe { path: "<recipe>".into(), message: m })?;
-    let root = recipe_root(r, root_override)?;
-    Ok(kind.read(&root, ReadOptions { skip_bad: r.data.skip_bad })?)
+    r.data.read(root_override)
 }
 
 /// Channels of the maps of `stages`, from a probe of the network at the recipe's size.
@@ -407,7 +398,7 @@ pub fn run_recipe<B: AutodiffBackend>(r: &EncodingRecipe, ctx: &EncodingContext,
     std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
     fgia_core::record::write_atomic(&run_dir.join("recipe.toml"), r.to_toml().as_bytes())?;
     let ds = dataset(r, ctx.data_root.as_deref())?;
-    let root = recipe_root(r, ctx.data_root.as_deref())?;
+    let root = r.data.root(ctx.data_root.as_deref())?;
     let classes = ds.num_classes();
     B::seed(device, r.train.seed);
     let net_inner: Network<B::InnerBackend> = {

@@ -52,6 +52,66 @@ pub struct ModelSection {
     pub width_div: usize,
 }
 
+/// The data section of the recipes that train heads on cached feature maps (retrieval, feature
+/// encoding): which dataset, and the resize and crop of its images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CachedDataSection {
+    /// Reader: `cub`, `dogs`, `cars`, `aircraft`, ...
+    pub format: String,
+    /// Root (the CLI's `--data-root` overrides it).
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// Human description of the data actually used.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Shorter side after resizing.
+    pub resize: u32,
+    /// Centre (test) and random (training) crop side.
+    pub crop: u32,
+    /// Skip undecodable images (counted) instead of failing.
+    #[serde(default)]
+    pub skip_bad: bool,
+}
+
+impl CachedDataSection {
+    /// The dataset root: `root_override`, else `root`.
+    pub fn root(&self, root_override: Option<&Path>) -> Result<PathBuf, TrainError> {
+        root_override
+            .map(Path::to_path_buf)
+            .or_else(|| self.root.clone())
+            .ok_or_else(|| TrainError::Recipe { path: "<recipe>".into(), message: "no dataset root (set data.root or pass --data-root)".into() })
+    }
+
+    /// The reader of `format`.
+    pub fn kind(&self) -> Result<fgia_core::datasets::DatasetKind, TrainError> {
+        self.format.parse().map_err(|m: String| TrainError::Recipe { path: "<recipe>".into(), message: m })
+    }
+
+    /// Reads the dataset (its official split).
+    pub fn read(&self, root_override: Option<&Path>) -> Result<fgia_core::datasets::Dataset, TrainError> {
+        Ok(self.kind()?.read(&self.root(root_override)?, fgia_core::datasets::ReadOptions { skip_bad: self.skip_bad })?)
+    }
+
+    /// Checks the sizes.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.crop == 0 || self.resize < self.crop {
+            return Err(format!("data: resize {} must be >= crop {} > 0", self.resize, self.crop));
+        }
+        Ok(())
+    }
+
+    /// Training images: resize, random crop, random flip.
+    pub fn train_transform(&self, normalize: Normalize) -> Transform {
+        Transform::train(self.resize, self.crop, normalize)
+    }
+
+    /// Test images: resize, centre crop.
+    pub fn eval_transform(&self, normalize: Normalize) -> Transform {
+        Transform::eval(self.resize, self.crop, normalize)
+    }
+}
+
 /// Which data, and how images are transformed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
