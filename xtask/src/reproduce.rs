@@ -112,8 +112,19 @@ pub fn smoke_root(ws: &Path, root: Option<&Path>) -> Result<PathBuf> {
     Ok(built)
 }
 
-/// The retrieval methods of Table 5, in the survey's order, then the metric-learning baselines.
-const TABLE5_METHODS: [&str; 8] = ["scda", "crl-wsl", "dgcrl", "piecewise-ce", "contrastive", "triplet", "multi-similarity", "proxy-anchor"];
+/// The recipe names (file stems) of `recipes/<table>/`, sorted.
+pub fn recipe_names(ws: &Path, table: &str) -> Result<Vec<String>> {
+    let dir = ws.join("recipes").join(table);
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| dir.display().to_string())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            names.push(path.file_stem().and_then(|s| s.to_str()).context("recipe file name")?.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
 
 /// Runs Table 5 (content-based retrieval) on CUB-200-2011 and Stanford Cars, or on cub-mini and
 /// cars-mini for the smoke profile. Each dataset's recipes run in one `fgia retrieval` process
@@ -126,7 +137,7 @@ pub fn table5(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[
     std::fs::create_dir_all(&runs)?;
     for (dataset, root) in roots {
         let mut pending = Vec::new();
-        for method in TABLE5_METHODS {
+        for method in recipe_names(ws, "table5")? {
             let file = format!("recipes/table5/{method}.toml");
             let template: toml::Value = toml::from_str(&std::fs::read_to_string(ws.join(&file))?).with_context(|| format!("{file}: invalid TOML"))?;
             for seed in 0..seeds as u64 {
@@ -138,8 +149,9 @@ pub fn table5(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[
                 if let Some(t) = r.get_mut("train").and_then(|t| t.as_table_mut()) {
                     t.insert("seed".into(), toml::Value::Integer(seed as i64));
                 }
+                let paper_bb = template.get("model").and_then(|m| m.get("backbone")).and_then(|b| b.as_str()).unwrap_or("?").to_string();
+                set(&mut r, "report", "paper_backbone", toml::Value::String(paper_bb.clone()))?;
                 if profile == Profile::Smoke {
-                    let paper_bb = template.get("model").and_then(|m| m.get("backbone")).and_then(|b| b.as_str()).unwrap_or("?").to_string();
                     set(&mut r, "model", "backbone", toml::Value::String("efficientnet-lite0".into()))?;
                     deviations.push(format!("EfficientNet-Lite0 (ImageNet) instead of {paper_bb}").into());
                     let (desc, subset) = if *dataset == "cars" {
@@ -175,7 +187,9 @@ pub fn table5(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[
 }
 
 /// Writes the recipe of run `key` for the CLI, unless its result record exists (then `None`,
-/// said on stdout). A run folder without a result (a killed run) is removed: the run restarts.
+/// said on stdout). A run folder with its recipe but no result (a killed run) is kept: the CLI
+/// resumes it from its newest checkpoint. A folder killed before its recipe was written holds
+/// nothing to keep and is removed.
 pub fn stage_recipe(runs: &Path, results: &Path, key: &str, recipe: &toml::Value) -> Result<Option<PathBuf>> {
     let result = results.join(format!("{key}.json"));
     if fgia_core::record::ResultRecord::read(&result).is_ok() {
@@ -183,7 +197,9 @@ pub fn stage_recipe(runs: &Path, results: &Path, key: &str, recipe: &toml::Value
         return Ok(None);
     }
     let run_dir = runs.join(key);
-    if run_dir.exists() {
+    if run_dir.join("recipe.toml").is_file() {
+        println!("{key}: resuming {}", run_dir.display());
+    } else if run_dir.exists() {
         std::fs::remove_dir_all(&run_dir)?;
     }
     let recipe_path = runs.join(format!("{key}.recipe.toml"));
@@ -195,7 +211,7 @@ pub fn stage_recipe(runs: &Path, results: &Path, key: &str, recipe: &toml::Value
 #[allow(clippy::too_many_arguments)]
 pub fn run_recipes(ws: &Path, fgia: &Path, device: &str, command: &str, runs: &Path, results: &Path, root: &Path, recipes: &[PathBuf]) -> Result<()> {
     let mut cmd = Command::new(fgia);
-    cmd.arg("--device").arg(device).arg(command).arg("--runs-dir").arg(runs).arg("--results-dir").arg(results).arg("--data-root").arg(root);
+    cmd.arg("--device").arg(device).arg(command).arg("--runs-dir").arg(runs).arg("--results-dir").arg(results).arg("--data-root").arg(root).arg("--resume");
     for p in recipes {
         cmd.arg("--recipe").arg(p);
     }

@@ -11,33 +11,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::reproduce::{run_recipes, stage_recipe};
+use crate::reproduce::{recipe_names, run_recipes, stage_recipe};
 use crate::{Profile, cli_binary};
 
-/// The methods, in the survey's order (§5.2.1, §5.2.2, §5.2.3).
-pub const METHODS: [&str; 17] = [
-    "bcnn",
-    "cbp-ts",
-    "cbp-rm",
-    "kernel-pooling",
-    "lrbp",
-    "mpn-cov",
-    "isqrt-cov",
-    "hbp",
-    "grouped-bilinear",
-    "maxent",
-    "pairwise-confusion",
-    "cin",
-    "gb-loss",
-    "api-net",
-    "mc-loss",
-    "dcl",
-    "pmg",
-];
-
-/// Smoke epochs: the methods with their own layers only, and those that fine-tune a stage.
-const SMOKE_EPOCHS: (i64, i64) = (20, 10);
-const FINE_TUNED: [&str; 4] = ["api-net", "mc-loss", "dcl", "pmg"];
+/// Smoke epochs when a recipe's `[smoke]` table sets none.
+const SMOKE_EPOCHS: i64 = 20;
 
 /// The survey's name of a dataset format.
 pub fn survey_dataset(format: &str) -> &'static str {
@@ -61,6 +39,8 @@ pub fn setting(template: &toml::Value, method: &str, format: &str, profile: Prof
     table(&mut r, "data")?.insert("format".into(), format.into());
     table(&mut r, "report")?.insert("dataset".into(), survey_dataset(format).into());
     table(&mut r, "train")?.insert("seed".into(), (seed as i64).into());
+    let paper_backbone = template.get("model").and_then(|m| m.get("backbone")).and_then(|b| b.as_str()).unwrap_or("?").to_string();
+    table(&mut r, "report")?.insert("paper_backbone".into(), paper_backbone.into());
     if profile == Profile::Smoke {
         let paper_bb = template.get("model").and_then(|m| m.get("backbone")).and_then(|b| b.as_str()).unwrap_or("?").to_string();
         let paper_crop = template.get("data").and_then(|d| d.get("crop")).and_then(toml::Value::as_integer).unwrap_or(0);
@@ -88,13 +68,20 @@ pub fn setting(template: &toml::Value, method: &str, format: &str, profile: Prof
         };
         data.insert("description".into(), desc.into());
         deviations.push(subset.into());
-        let epochs = if FINE_TUNED.contains(&method) { SMOKE_EPOCHS.1 } else { SMOKE_EPOCHS.0 };
+        let smoke_t = smoke.as_ref().and_then(|s| s.as_table());
+        let epochs = smoke_t.and_then(|s| s.get("epochs")).and_then(toml::Value::as_integer).unwrap_or(SMOKE_EPOCHS);
+        let mode = smoke_t.and_then(|s| s.get("mode")).and_then(toml::Value::as_str).unwrap_or("frozen").to_string();
+        table(&mut r, "model")?.insert("mode".into(), mode.clone().into());
         let train = table(&mut r, "train")?;
         train.insert("epochs".into(), epochs.into());
-        train.insert("views".into(), 3.into());
-        train.insert("edited_views".into(), 2.into());
-        deviations.push(format!("{epochs} epochs on cached maps of 3 augmented views per training image"));
-        if let Some(s) = smoke.as_ref().and_then(|s| s.as_table()) {
+        if mode == "frozen" {
+            train.insert("views".into(), 3.into());
+            train.insert("edited_views".into(), 2.into());
+            deviations.push(format!("{epochs} epochs on cached maps of 3 augmented views per training image (CPU budget)"));
+        } else {
+            deviations.push(format!("{epochs} epochs (CPU budget)"));
+        }
+        if let Some(s) = smoke_t {
             if let Some(lr) = s.get("lr") {
                 table(&mut r, "train")?.insert("lr".into(), lr.clone());
             }
@@ -118,11 +105,13 @@ pub fn setting(template: &toml::Value, method: &str, format: &str, profile: Prof
     Ok(r)
 }
 
-/// Runs Table 2 for `profile` on `roots` (`(format, root)`), restricted to `methods`.
+/// Runs Table 2 for `profile` on `roots` (`(format, root)`), restricted to `methods`: every
+/// recipe of `recipes/table2/`.
 pub fn table2(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[(&str, PathBuf)], methods: &[String]) -> Result<()> {
+    let all = recipe_names(ws, "table2")?;
     for m in methods {
-        if !METHODS.contains(&m.as_str()) {
-            bail!("unknown Table 2 method '{m}' (known: {})", METHODS.join(", "));
+        if !all.contains(m) {
+            bail!("unknown Table 2 method '{m}' (recipes/table2 has: {})", all.join(", "));
         }
     }
     let fgia = cli_binary(ws, device)?;
@@ -132,7 +121,7 @@ pub fn table2(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[
     std::fs::create_dir_all(&runs)?;
     for (format, root) in roots {
         let mut pending = Vec::new();
-        for method in METHODS.iter().filter(|m| methods.is_empty() || methods.iter().any(|x| x == *m)) {
+        for method in all.iter().filter(|m| methods.is_empty() || methods.contains(m)) {
             let file = format!("recipes/table2/{method}.toml");
             let template: toml::Value =
                 toml::from_str(&std::fs::read_to_string(ws.join(&file)).with_context(|| file.clone())?).with_context(|| format!("{file}: invalid TOML"))?;
@@ -158,7 +147,9 @@ mod tests {
     #[test]
     fn every_recipe_parses_and_the_smoke_setting_records_its_changes() {
         let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace");
-        for m in METHODS {
+        let names = recipe_names(ws, "table2").expect("recipes/table2");
+        assert_eq!(names.len(), 17, "one recipe per registered method");
+        for m in names.iter().map(String::as_str) {
             let text = std::fs::read_to_string(ws.join(format!("recipes/table2/{m}.toml"))).expect("recipe present");
             let t: toml::Value = toml::from_str(&text).expect("valid TOML");
             for profile in [Profile::Smoke, Profile::Full] {

@@ -48,19 +48,6 @@ impl std::str::FromStr for Aggregator {
     }
 }
 
-/// The stage whose output is SCDA+'s lower layer: the deepest one whose spatial size is larger
-/// than the last stage's (found by running a blank image of the given size).
-pub fn lower_stage<B: Backend>(net: &Network<B>, resolution: usize, device: &B::Device) -> usize {
-    let mut x = Tensor::<B, 4>::zeros([1, 3, resolution, resolution], device);
-    let mut sizes = Vec::new();
-    for s in 0..net.num_stages() {
-        x = net.forward_stage(s, x);
-        sizes.push(x.dims()[2]);
-    }
-    let last = *sizes.last().unwrap_or(&0);
-    (0..sizes.len()).rev().find(|&s| sizes[s] > last).unwrap_or(0)
-}
-
 /// Vectors of some images.
 #[derive(Debug, Clone)]
 pub struct Extracted {
@@ -93,7 +80,6 @@ pub fn extract<B: Backend>(
     progress: bool,
 ) -> Result<Extracted, fgia_core::DataError> {
     let c = transform.crop as usize;
-    let lower = lower_stage(net, c, device);
     let bar = if progress { indicatif::ProgressBar::new(records.len() as u64) } else { indicatif::ProgressBar::hidden() };
     let mut out = Extracted { vectors: Vec::new(), dim: 0, kept: Vec::new(), skipped: Vec::new() };
     let idx: Vec<usize> = (0..records.len()).collect();
@@ -106,17 +92,7 @@ pub fn extract<B: Backend>(
             continue;
         }
         let x = Tensor::<B, 4>::from_data(TensorData::new(batch.pixels, [n, 3, c, c]), device);
-        let run = |x: Tensor<B, 4>| {
-            let mut low = None;
-            let mut h = x;
-            for s in 0..net.num_stages() {
-                h = net.forward_stage(s, h);
-                if s == lower {
-                    low = Some(h.clone());
-                }
-            }
-            (h, low.expect("the lower stage is one of the stages"))
-        };
+        let run = |x: Tensor<B, 4>| net.scda_layers(x);
         let vectors: Vec<Vec<f32>> = match aggregator {
             Aggregator::Gap => {
                 let g = global_avg_pool(net.features(x)); // [n, C]

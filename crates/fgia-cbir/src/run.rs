@@ -7,16 +7,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use fgia_core::datasets::Dataset;
-use fgia_core::record::{EpochMetrics, Protocol, RECORD_SCHEMA, ResultRecord, now_utc_rfc3339, write_atomic, write_json_atomic};
+use fgia_core::record::{FeatureMode, Protocol, RECORD_SCHEMA, ResultRecord, now_utc_rfc3339, write_json_atomic};
 use fgia_core::retrieval::Distance;
 use fgia_nn::weights::load_network;
 use fgia_nn::{Network, NetworkConfig};
+use fgia_train::engine::{self, EngineSpec, LrSchedule, OptimizerSpec, ParamGroup, RunIo, Sampler, StepLoss, TrainMethod, Trained, open_run_dir};
 use fgia_train::frozen_cache::FrozenCache;
 use fgia_train::recipe::describe_transform;
+use fgia_train::sources::{CachedSource, MapBatch};
 use fgia_train::{BURN_VERSION, TrainError};
 
 use crate::Method;
@@ -27,7 +29,6 @@ use crate::pca::{PcaWhitening, l2_normalise_rows};
 use crate::recipe::{CbirRecipe, Rerank};
 use crate::rerank::{k_reciprocal, query_expansion};
 use crate::search::{distance_matrix, random_ranking_recall, ranking_metrics};
-use fgia_core::sampler::pk_batches;
 
 /// Where and how a run happens.
 #[derive(Debug, Clone)]
@@ -44,6 +45,10 @@ pub struct RetrievalContext {
     pub git_revision: String,
     /// Progress bars.
     pub progress: bool,
+    /// Continue `run_dir` from its newest checkpoint.
+    pub resume: bool,
+    /// Stop (as if killed) after this many epochs; for tests of resume.
+    pub stop_after_epochs: Option<usize>,
 }
 
 /// Feature maps of a frozen backbone, shared between the methods of one dataset and setting.
@@ -83,7 +88,6 @@ struct Embedded {
     test: Vec<f32>,
     test_labels: Vec<usize>,
     dim: usize,
-    epochs: Vec<EpochMetrics>,
 }
 
 fn loss_of<B: Backend>(method: Method, head: &EmbeddingHead<B>, emb: Tensor<B, 2>, labels: &[usize]) -> Tensor<B, 1> {
@@ -100,10 +104,10 @@ fn loss_of<B: Backend>(method: Method, head: &EmbeddingHead<B>, emb: Tensor<B, 2
     }
 }
 
-/// Share (percent) of batch items whose nearest other batch item has their class.
-fn batch_recall_at_1(emb: &[f32], dim: usize, labels: &[usize]) -> f64 {
+/// Batch items whose nearest other batch item (by dot product) has their class.
+fn batch_nearest_hits(emb: &[f32], dim: usize, labels: &[usize]) -> usize {
     let n = labels.len();
-    let hits = (0..n)
+    (0..n)
         .filter(|&i| {
             let a = &emb[i * dim..(i + 1) * dim];
             let best = (0..n).filter(|&j| j != i).max_by(|&x, &y| {
@@ -113,8 +117,70 @@ fn batch_recall_at_1(emb: &[f32], dim: usize, labels: &[usize]) -> f64 {
             });
             best.is_some_and(|j| labels[j] == labels[i])
         })
-        .count();
-    100.0 * hits as f64 / n.max(1) as f64
+        .count()
+}
+
+/// A retrieval method as the engine trains it: the embedding head and the method's loss; two
+/// parameter groups, the embedding layer and the class weights (proxies, centres), which learn
+/// `class_weight_lr_mult` times faster as in the proxy-based papers. The training "top-1" is
+/// the share of batch items whose nearest batch neighbour has their class.
+#[derive(Module, Debug)]
+pub struct Embedder<B: Backend> {
+    /// The head.
+    pub head: EmbeddingHead<B>,
+    /// The method (its loss and pooling).
+    #[module(skip)]
+    pub method: Method,
+    /// Learning-rate multiplier of the class weights.
+    pub class_weight_lr_mult: f64,
+}
+
+impl<B: AutodiffBackend> TrainMethod<B> for Embedder<B> {
+    type Batch = MapBatch;
+    type Input = (Tensor<B, 4>, Vec<usize>);
+
+    fn prepare(&self, b: MapBatch, device: &B::Device) -> Self::Input {
+        (Tensor::<B, 4>::from_data(TensorData::new(b.data, b.shape), device), b.labels) // [B, C, h, w]
+    }
+
+    fn loss(&self, (x, labels): &Self::Input, _step: usize) -> StepLoss<B> {
+        let emb = self.head.forward(x.clone(), self.method.pooling()); // [B, D]
+        let loss = loss_of(self.method, &self.head, emb.clone(), labels);
+        let dim = emb.dims()[1];
+        let e: Vec<f32> = emb.into_data().convert::<f32>().to_vec().unwrap_or_default();
+        StepLoss { loss, hits: Some(batch_nearest_hits(&e, dim, labels)) }
+    }
+
+    fn param_groups(&self, grads: B::Gradients) -> Vec<ParamGroup> {
+        let mut main = GradientsParams::from_grads(grads, self);
+        let mut groups = Vec::new();
+        if let Some(p) = &self.head.class_weights {
+            let mut cls = GradientsParams::new();
+            if let Some(g) = main.remove::<B::InnerBackend, 2>(p.id) {
+                cls.register::<B::InnerBackend, 2>(p.id, g);
+            }
+            groups.push(ParamGroup { name: "embedding", lr_mult: 1.0, grads: main });
+            groups.push(ParamGroup { name: "class weights", lr_mult: self.class_weight_lr_mult, grads: cls });
+        } else {
+            groups.push(ParamGroup { name: "embedding", lr_mult: 1.0, grads: main });
+        }
+        groups
+    }
+}
+
+/// The engine settings of a retrieval recipe: AdamW, cosine decay per iteration, class-balanced
+/// batches.
+pub fn engine_spec(recipe: &CbirRecipe) -> EngineSpec {
+    let t = &recipe.train;
+    EngineSpec {
+        epochs: t.epochs,
+        lr: t.lr,
+        optimizer: OptimizerSpec::Adamw { weight_decay: t.weight_decay },
+        schedule: LrSchedule::cosine(),
+        clip_grad_norm: 0.0,
+        seed: t.seed,
+        sampler: Sampler::ClassBalanced { p: t.classes_per_batch, k: t.images_per_class },
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -124,74 +190,27 @@ fn train_head<B: AutodiffBackend>(
     train_labels: &[usize],
     test_labels: &[usize],
     num_train_classes: usize,
-    run_dir: &Path,
-    progress: bool,
+    io: &RunIo,
     device: &B::Device,
-) -> Result<Embedded, TrainError> {
+) -> Result<Option<Embedded>, TrainError> {
     let t = &recipe.train;
     let method = recipe.method.name;
     B::seed(device, t.seed);
     let channels = cache.shape[0];
     let [_, h, w] = cache.shape;
-    let mut head: EmbeddingHead<B> = EmbeddingHeadConfig::new(channels, recipe.model.embedding_dim)
+    let head: EmbeddingHead<B> = EmbeddingHeadConfig::new(channels, recipe.model.embedding_dim)
         .with_classes(if method.has_class_weights() { num_train_classes } else { 0 })
         .init(device);
-    let mut optim = AdamWConfig::new().with_weight_decay(t.weight_decay as f32).init::<B, EmbeddingHead<B>>();
-    let bs = t.classes_per_batch * t.images_per_class;
-    let per_epoch = (train_labels.len() / bs).max(1);
     let dim = recipe.model.embedding_dim;
-    let mut epochs = Vec::new();
-    let bar = if progress { indicatif::ProgressBar::new((t.epochs * per_epoch) as u64).with_prefix(method.name()) } else { indicatif::ProgressBar::hidden() };
-    for epoch in 0..t.epochs {
-        let started = Instant::now();
-        // Cosine decay of the learning rate over the run.
-        let lr = t.lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / t.epochs as f64).cos());
-        let (mut loss_sum, mut r1_sum, mut gn_sum, mut steps) = (0.0f64, 0.0f64, 0.0f64, 0usize);
-        for (bi, batch) in pk_batches(train_labels, t.classes_per_batch, t.images_per_class, per_epoch, t.seed, epoch as u64).into_iter().enumerate() {
-            let (maps, kept) = cache.train_batch(&batch, t.seed, epoch);
-            let labels: Vec<usize> = kept.iter().map(|&k| train_labels[batch[k]]).collect();
-            if labels.len() < 2 {
-                continue;
-            }
-            let x = Tensor::<B, 4>::from_data(TensorData::new(maps, [labels.len(), channels, h, w]), device);
-            let emb = head.forward(x, method.pooling()); // [B, D]
-            let loss = loss_of(method, &head, emb.clone(), &labels);
-            let value: f32 = loss.clone().into_scalar().elem();
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite { epoch: epoch + 1, step: bi, value });
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &head);
-            gn_sum += fgia_train::clip::global_grad_norm(&head, &grads);
-            // Class weights (proxies, centres) learn faster, as in the proxy-based papers.
-            let (g_main, g_cls) = split_class_weight_grads(&head, grads);
-            head = optim.step(lr, head, g_main);
-            if let Some(g) = g_cls {
-                head = optim.step(lr * t.class_weight_lr_mult, head, g);
-            }
-            let e: Vec<f32> = emb.into_data().convert::<f32>().to_vec().unwrap_or_default();
-            r1_sum += batch_recall_at_1(&e, dim, &labels);
-            loss_sum += value as f64;
-            steps += 1;
-            bar.inc(1);
-        }
-        let m = EpochMetrics {
-            epoch: epoch + 1,
-            train_loss: loss_sum / steps.max(1) as f64,
-            train_top1: r1_sum / steps.max(1) as f64,
-            lr,
-            grad_norm: gn_sum / steps.max(1) as f64,
-            test_top1: None,
-            seconds: started.elapsed().as_secs_f64(),
-            skipped_images: 0,
-        };
-        fgia_train::append_metrics(&run_dir.join("metrics.jsonl"), &m)?;
-        epochs.push(m);
-    }
-    bar.finish_and_clear();
-    fgia_train::save_module(head.clone(), run_dir, "head")?;
+    let model = Embedder { head, method, class_weight_lr_mult: t.class_weight_lr_mult };
+    let source = CachedSource { cache, labels: train_labels.to_vec(), seed: t.seed };
+    let model = match engine::train(&engine_spec(recipe), io, model, &source, None, device)? {
+        Trained::Finished { method, .. } => method,
+        Trained::Stopped { .. } => return Ok(None),
+    };
 
     // Embeddings: the test maps, and one view of each training image (for PCA-whitening).
-    let inner = head.valid();
+    let inner = model.head.valid();
     let embed_maps = |maps: Vec<f32>, n: usize| -> Vec<f32> {
         let x = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(maps, [n, channels, h, w]), device);
         inner.forward(x, method.pooling()).into_data().convert::<f32>().to_vec().unwrap_or_default()
@@ -212,21 +231,7 @@ fn train_head<B: AutodiffBackend>(
             train.extend(embed_maps(maps, kept.len()));
         }
     }
-    Ok(Embedded { train, test, test_labels: kept_test_labels, dim, epochs })
-}
-
-/// Splits the gradients into those of the embedding layer and those of the class weights.
-fn split_class_weight_grads<B: AutodiffBackend>(head: &EmbeddingHead<B>, mut grads: GradientsParams) -> (GradientsParams, Option<GradientsParams>) {
-    match &head.class_weights {
-        Some(p) => {
-            let mut cls = GradientsParams::new();
-            if let Some(g) = grads.remove::<B::InnerBackend, 2>(p.id) {
-                cls.register::<B::InnerBackend, 2>(p.id, g);
-            }
-            (grads, Some(cls))
-        }
-        None => (grads, None),
-    }
+    Ok(Some(Embedded { train, test, test_labels: kept_test_labels, dim }))
 }
 
 /// Evaluates test embeddings: optional PCA-whitening learned on the training embeddings, then
@@ -279,19 +284,19 @@ pub fn evaluate_embeddings(recipe: &CbirRecipe, train: &[f32], test: &[f32], dim
 
 /// Runs one recipe. `caches` holds feature maps already computed by earlier recipes of the
 /// same process (same backbone, data, input size, views and seed), and receives this run's.
+///
+/// Returns `None` when the run stopped early ([`RetrievalContext::stop_after_epochs`]).
 pub fn run_recipe<B: AutodiffBackend>(
     recipe: &CbirRecipe,
     ctx: &RetrievalContext,
     caches: &mut Vec<SharedCache>,
     device: &B::Device,
-) -> Result<ResultRecord, TrainError> {
+) -> Result<Option<ResultRecord>, TrainError> {
     let started = Instant::now();
     let run_dir = &ctx.run_dir;
-    if run_dir.exists() {
-        return Err(TrainError::RunExists(run_dir.clone()));
-    }
-    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
-    write_atomic(&run_dir.join("recipe.toml"), recipe.to_toml().as_bytes())?;
+    // On resume the run folder's own recipe rules.
+    let text = open_run_dir(run_dir, ctx.resume, &recipe.to_toml())?;
+    let recipe = &CbirRecipe::parse(&text).map_err(|message| TrainError::Recipe { path: run_dir.join("recipe.toml"), message })?;
     let ds = retrieval_dataset(recipe, ctx.data_root.as_deref())?;
     let net: Network<B::InnerBackend> = build_backbone(recipe, &ctx.pretrained, device)?;
     let method = recipe.method.name;
@@ -325,7 +330,16 @@ pub fn run_recipe<B: AutodiffBackend>(
         train_classes.sort_unstable();
         train_classes.dedup();
         let local: Vec<usize> = train_labels.iter().map(|l| train_classes.binary_search(l).expect("present")).collect();
-        let emb = train_head::<B>(recipe, cache, &local, &test_labels, train_classes.len(), run_dir, ctx.progress, device)?;
+        let io = RunIo {
+            run_dir: run_dir.clone(),
+            resume: ctx.resume,
+            progress: ctx.progress,
+            label: method.name().to_string(),
+            stop_after_epochs: ctx.stop_after_epochs,
+        };
+        let Some(emb) = train_head::<B>(recipe, cache, &local, &test_labels, train_classes.len(), &io, device)? else {
+            return Ok(None);
+        };
         deviations.push(format!(
             "backbone frozen at its ImageNet weights: only the embedding head (avg+max pooling, linear {} -> {}{}) is trained, on feature maps cached for {} augmented views per training image",
             2 * cache.shape[0],
@@ -334,12 +348,9 @@ pub fn run_recipe<B: AutodiffBackend>(
             t.views
         ));
         trained_layers = "embedding head only (backbone frozen)".to_string();
-        epochs = emb.epochs.len();
+        epochs = t.epochs;
         batch = t.classes_per_batch * t.images_per_class;
-        optimizer = format!(
-            "AdamW lr {} (cosine decay), weight decay {}, class weights at {}x lr; batches of {} classes x {} images",
-            t.lr, t.weight_decay, t.class_weight_lr_mult, t.classes_per_batch, t.images_per_class
-        );
+        optimizer = format!("{}; class weights at {}x lr", engine_spec(recipe).describe(), t.class_weight_lr_mult);
         tta = "none".to_string();
         evaluate_embeddings(recipe, &emb.train, &emb.test, emb.dim, &emb.test_labels)?
     } else {
@@ -375,6 +386,8 @@ pub fn run_recipe<B: AutodiffBackend>(
         backbone: recipe.model.backbone.display_name().to_string(),
         resolution: recipe.data.crop,
         paper_resolution: recipe.report.paper_resolution,
+        paper_backbone: recipe.report.paper_backbone.clone(),
+        section: None,
         protocol: Protocol {
             split: ds.split_note.clone(),
             train_transform: if method.is_trained() { describe_transform(&recipe.train_transform()) } else { "none (no training)".into() },
@@ -386,6 +399,8 @@ pub fn run_recipe<B: AutodiffBackend>(
             batch_size: batch,
             optimizer,
             trained_layers,
+            mode: if method.is_trained() { FeatureMode::Frozen } else { FeatureMode::Untrained },
+            trained_from_stage: None,
         },
         seed: recipe.train.seed,
         metrics,
@@ -398,5 +413,5 @@ pub fn run_recipe<B: AutodiffBackend>(
         run_dir: run_dir.display().to_string(),
     };
     write_json_atomic(&run_dir.join("result.json"), &record)?;
-    Ok(record)
+    Ok(Some(record))
 }

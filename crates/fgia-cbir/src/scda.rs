@@ -18,10 +18,11 @@
 //! **SCDA_flip+** averages SCDA+ of the image and of its horizontal mirror; the survey's numbers
 //! are for this variant.
 //!
-//! Deviations: the two layers are taken generically as the backbone's last stage and the
-//! deepest stage at twice its resolution (VGG-16: the `pool5` block and the `pool4` output, the
-//! latter at relu5_2's 14x14; ResNet: `layer4` and `layer3`; EfficientNet-Lite0: the 1280-d head
-//! convolution and the 112-channel stage). Stage outputs that are not post-ReLU (EfficientNet's
+//! The two layers come from [`fgia_nn::Network::scda_layers`]: on VGG-16 the paper's `pool5`
+//! (7x7 at 224 px) and `relu5_2` (14x14). Deviations on the other backbones, which have no such
+//! layers: the last stage and the deepest stage at a larger resolution (ResNet: `layer4` and
+//! `layer3`; EfficientNet-Lite0: the 1280-d head convolution and the 112-channel stage). Stage
+//! outputs that are not post-ReLU (EfficientNet's
 //! linear bottlenecks) are clamped at 0 before aggregation. When the lower layer's intersected
 //! mask is empty, its own mask is used.
 

@@ -16,7 +16,7 @@ use fgia_train::eval::evaluate;
 use fgia_train::{Outcome, Recipe, RunContext, load_dataset, load_trained, train_and_evaluate};
 use serde::Serialize;
 
-use crate::{Command, EmbedArgs, EvalArgs, InfoArgs, PredictArgs, TrainArgs};
+use crate::{Command, EmbedArgs, EvalArgs, InfoArgs, LoaderArgs, PredictArgs, TrainArgs};
 use crate::{encoding, retrieval};
 
 /// Runs one command on backend `B` (training uses `Autodiff<B>`).
@@ -31,7 +31,41 @@ pub fn run<B: Backend>(command: Command, device: B::Device, device_name: String)
         Command::Encoding(a) => encoding::encoding::<B>(a, device, device_name),
         Command::Index(a) => retrieval::index::<B>(a, device),
         Command::Query(a) => retrieval::query::<B>(a, device),
+        Command::Loader(a) => loader(a),
     }
+}
+
+/// Times the engine's image batch source alone (the same decoding, augmentation and prefetching
+/// as training, with nothing consuming the batches but a counter).
+fn loader(a: LoaderArgs) -> Result<()> {
+    use fgia_train::engine::{BatchSource, HostBatch, Sampler, with_prefetch};
+    let kind: DatasetKind = a.format.parse().map_err(anyhow::Error::msg)?;
+    let ds = kind.read(&a.data_root, ReadOptions::default())?;
+    let source = fgia_train::sources::ImageSource::new(&ds.train, Transform::train(a.resize, a.crop, fgia_core::imaging::Normalize::Imagenet), 0, false);
+    let sampler = Sampler::Shuffled { batch_size: a.batch_size };
+    let mut rates = Vec::new();
+    for epoch in 0..a.epochs {
+        let plan = sampler.plan(source.labels(), 0, epoch);
+        let started = std::time::Instant::now();
+        let mut images = 0usize;
+        with_prefetch(&source, epoch, &plan, |_, b| -> Result<(), fgia_train::TrainError> {
+            images += b.len();
+            Ok(())
+        })?;
+        let rate = images as f64 / started.elapsed().as_secs_f64();
+        println!("epoch {}: {images} images in {:.2} s: {rate:.1} images/s", epoch + 1, started.elapsed().as_secs_f64());
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "loader ({} cores): median {:.1} images/s at resize {} / crop {}, batch {}",
+        std::thread::available_parallelism().map_or(1, usize::from),
+        rates[rates.len() / 2],
+        a.resize,
+        a.crop,
+        a.batch_size
+    );
+    Ok(())
 }
 
 pub(crate) fn git_revision() -> String {
@@ -143,7 +177,8 @@ fn load_for_inference<B: Backend>(run_dir: Option<&Path>, backbone: Option<&str>
             let net = NetworkConfig::new(kind).init::<B>(device);
             let (network, _) = load_network(net, kind, &path)?;
             let r = resolution.unwrap_or(224);
-            let classes = (0..network.num_classes()).map(|i| format!("imagenet class {i}")).collect();
+            let names = fgia_nn::imagenet::class_names();
+            let classes = (0..network.num_classes()).map(|i| names.get(i).map_or_else(|| format!("class {i}"), |n| n.to_string())).collect();
             Ok(Loaded { network, classes, transform: Transform::eval(r * 8 / 7, r, kind.normalize()) })
         }
         (None, None) => bail!("give --run-dir or --backbone"),
@@ -155,8 +190,15 @@ fn predict<B: Backend>(a: PredictArgs, device: B::Device) -> Result<()> {
     let records: Vec<Record> = fgia_cbir::extract::records_for(&a.images);
     let c = m.transform.crop as usize;
     for (i, rec) in records.iter().enumerate() {
-        let batch = load_batch(&records, &[i], &m.transform, 0, 0, false)?;
-        let x = Tensor::<B, 4>::from_data(TensorData::new(batch.pixels, [1, 3, c, c]), &device);
+        let x = if a.native_size {
+            // The image as it is: no resize-then-crop, which changes the probabilities.
+            let img = fgia_core::imaging::load_rgb(&rec.path)?;
+            let (px, (h, w)) = fgia_core::imaging::normalized_chw(&img, m.transform.normalize);
+            Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, h, w]), &device)
+        } else {
+            let batch = load_batch(&records, &[i], &m.transform, 0, 0, false)?;
+            Tensor::<B, 4>::from_data(TensorData::new(batch.pixels, [1, 3, c, c]), &device)
+        };
         let p: Vec<f32> = softmax(m.network.forward(x), 1).into_data().to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         println!("{}", rec.path.display());
         for k in top_k_indices(&p, a.top) {

@@ -28,8 +28,11 @@ pub fn encoding<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: St
     // A failing recipe (a NaN loss, say) does not stop the others; the command fails at the end.
     let mut failed = Vec::new();
     for (path, key, result, recipe) in todo {
+        let run_dir = a.runs_dir.join(&key);
         let ctx = EncodingContext {
-            run_dir: a.runs_dir.join(&key),
+            resume: a.resume_wanted(&run_dir),
+            stop_after_epochs: None,
+            run_dir,
             data_root: a.data_root.clone(),
             pretrained: resolve_pretrained(recipe.model.backbone, a.weights.as_deref())?,
             device_name: device_name.clone(),
@@ -37,7 +40,8 @@ pub fn encoding<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: St
             progress: !a.quiet,
         };
         let record = match run_recipe::<Autodiff<B>>(&recipe, &ctx, &mut caches, &device) {
-            Ok(r) => r,
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
             Err(e) => {
                 eprintln!("{key}: failed: {e} (recipe {})", path.display());
                 failed.push(key);

@@ -55,6 +55,31 @@ enum Command {
     Index(IndexArgs),
     /// Search an index with query images: top-K with distances, and an HTML page.
     Query(QueryArgs),
+    /// Time the training data loader alone: decode and augment a dataset's training split
+    /// through the engine's prefetching batch source, without training; prints images/s.
+    Loader(LoaderArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LoaderArgs {
+    /// Dataset root.
+    #[arg(long)]
+    data_root: PathBuf,
+    /// Reader: cub, dogs, cars, aircraft.
+    #[arg(long, default_value = "cub")]
+    format: String,
+    /// Shorter side after resizing.
+    #[arg(long, default_value_t = 128)]
+    resize: u32,
+    /// Random crop side.
+    #[arg(long, default_value_t = 112)]
+    crop: u32,
+    /// Batch size.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Epochs to time (each draws fresh augmentation).
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
 }
 
 /// Arguments of the commands that run a list of recipes (`retrieval`, `encoding`).
@@ -79,9 +104,20 @@ struct RetrievalArgs {
     /// Skip recipes whose result record exists.
     #[arg(long)]
     skip_existing: bool,
+    /// Continue a recipe's run folder from its newest checkpoint when the folder exists
+    /// (without it, an existing run folder is an error: runs are never overwritten).
+    #[arg(long)]
+    resume: bool,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+}
+
+impl RetrievalArgs {
+    /// Whether the run folder `run_dir` is continued: `--resume` and the folder holds a recipe.
+    fn resume_wanted(&self, run_dir: &std::path::Path) -> bool {
+        self.resume && run_dir.join("recipe.toml").is_file()
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -177,12 +213,15 @@ struct PredictArgs {
     /// A trained run folder (its classes), or leave out and give --backbone for ImageNet classes.
     #[arg(long, conflicts_with = "backbone")]
     run_dir: Option<PathBuf>,
-    /// An ImageNet-pretrained backbone (prints ImageNet class indices).
+    /// An ImageNet-pretrained backbone (prints ImageNet-1k class names).
     #[arg(long)]
     backbone: Option<String>,
     /// Input side (default: the run's crop, or 224).
     #[arg(long)]
     resolution: Option<u32>,
+    /// Feed each image at its own size (normalised only), without the resize-then-centre-crop.
+    #[arg(long, conflicts_with = "resolution")]
+    native_size: bool,
     /// How many classes to print.
     #[arg(long, default_value_t = 5)]
     top: usize,

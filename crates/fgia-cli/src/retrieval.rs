@@ -31,15 +31,20 @@ pub fn retrieval<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: S
             continue;
         }
         let recipe = CbirRecipe::load(path)?;
+        let run_dir = a.runs_dir.join(&key);
         let ctx = RetrievalContext {
-            run_dir: a.runs_dir.join(&key),
+            resume: a.resume_wanted(&run_dir),
+            run_dir,
             data_root: a.data_root.clone(),
             pretrained: resolve_pretrained(recipe.model.backbone, a.weights.as_deref())?,
             device_name: device_name.clone(),
             git_revision: git_revision(),
             progress: !a.quiet,
+            stop_after_epochs: None,
         };
-        let record = run_recipe::<Autodiff<B>>(&recipe, &ctx, &mut caches, &device).with_context(|| format!("recipe {}", path.display()))?;
+        let Some(record) = run_recipe::<Autodiff<B>>(&recipe, &ctx, &mut caches, &device).with_context(|| format!("recipe {}", path.display()))? else {
+            continue;
+        };
         record.write(&result)?;
         let m = &record.metrics;
         let g = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);

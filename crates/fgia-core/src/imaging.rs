@@ -164,6 +164,20 @@ impl Transform {
     }
 }
 
+/// The image at its own size, normalised: `[3, h, w]` floats and `(h, w)` (no resize, no crop).
+pub fn normalized_chw(img: &RgbImage, normalize: Normalize) -> (Vec<f32>, (usize, usize)) {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (mean, std) = normalize.mean_std();
+    let plane = w * h;
+    let mut out = vec![0f32; 3 * plane];
+    for (o, px) in img.as_raw().chunks_exact(3).enumerate() {
+        for ch in 0..3 {
+            out[ch * plane + o] = (px[ch] as f32 - mean[ch]) / std[ch];
+        }
+    }
+    (out, (h, w))
+}
+
 /// A batch of transformed images.
 #[derive(Debug)]
 pub struct Batch {

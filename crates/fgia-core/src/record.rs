@@ -12,6 +12,34 @@ use crate::error::{DataError, Result};
 /// Version of the record layout; bump on incompatible changes.
 pub const RECORD_SCHEMA: u32 = 1;
 
+/// Which part of the backbone was trained, and whether its maps came from a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeatureMode {
+    /// The backbone is frozen and its maps are cached: only the method's layers train.
+    #[default]
+    Frozen,
+    /// The leading stages are frozen (their maps cached or run without a graph); the stages
+    /// from [`Protocol::trained_from_stage`] on train live.
+    Partial,
+    /// Pixels through the whole network; every layer trains.
+    EndToEnd,
+    /// No training (an unsupervised descriptor of pretrained features).
+    Untrained,
+}
+
+impl FeatureMode {
+    /// The name used in recipes and records.
+    pub fn name(self) -> &'static str {
+        match self {
+            FeatureMode::Frozen => "frozen",
+            FeatureMode::Partial => "partial",
+            FeatureMode::EndToEnd => "end-to-end",
+            FeatureMode::Untrained => "untrained",
+        }
+    }
+}
+
 /// How a number was obtained: everything a reader needs to judge whether it is comparable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Protocol {
@@ -35,6 +63,12 @@ pub struct Protocol {
     pub optimizer: String,
     /// Which layers were trained.
     pub trained_layers: String,
+    /// Frozen, partial or end-to-end training of the backbone.
+    #[serde(default)]
+    pub mode: FeatureMode,
+    /// With [`FeatureMode::Partial`]: the first trained backbone stage.
+    #[serde(default)]
+    pub trained_from_stage: Option<usize>,
 }
 
 /// One measured result.
@@ -58,6 +92,12 @@ pub struct ResultRecord {
     /// 224 px), when it differs.
     #[serde(default)]
     pub paper_resolution: Option<u32>,
+    /// The backbone of the paper's setting this run stands in for (`vgg16`), when known.
+    #[serde(default)]
+    pub paper_backbone: Option<String>,
+    /// The survey section of the method (`5.2.1`), when the table groups by section.
+    #[serde(default)]
+    pub section: Option<String>,
     /// The protocol.
     pub protocol: Protocol,
     /// Seed of this run.
@@ -188,6 +228,8 @@ mod tests {
             backbone: "efficientnet-lite0".into(),
             resolution: 112,
             paper_resolution: Some(224),
+            paper_backbone: Some("resnet50".into()),
+            section: None,
             protocol: Protocol {
                 split: "official".into(),
                 train_transform: "resize 128, random crop 112, flip".into(),
@@ -199,6 +241,8 @@ mod tests {
                 batch_size: 16,
                 optimizer: "sgd".into(),
                 trained_layers: "all".into(),
+                mode: FeatureMode::EndToEnd,
+                trained_from_stage: None,
             },
             seed: 0,
             metrics: [("top1".to_string(), 50.0)].into_iter().collect(),

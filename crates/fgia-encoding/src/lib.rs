@@ -248,6 +248,62 @@ impl Method {
         }
     }
 
+    /// The method's file, relative to `crates/fgia-encoding/src/` (its recipe is
+    /// `recipes/table2/<name>.toml`; each names the other).
+    pub fn source_file(self) -> &'static str {
+        match self {
+            Method::Bcnn => "pooling/bcnn.rs",
+            Method::CbpTs => "pooling/tensor_sketch.rs",
+            Method::CbpRm => "pooling/compact_bilinear.rs",
+            Method::KernelPooling => "pooling/kernel_pooling.rs",
+            Method::Lrbp => "pooling/lrbp.rs",
+            Method::MpnCov => "pooling/mpn_cov.rs",
+            Method::IsqrtCov => "pooling/isqrt_cov.rs",
+            Method::Hbp => "pooling/hbp.rs",
+            Method::GroupedBilinear => "pooling/grouped_bilinear.rs",
+            Method::Maxent => "methods/maxent.rs",
+            Method::PairwiseConfusion => "methods/pairwise_confusion.rs",
+            Method::Cin => "methods/cin.rs",
+            Method::GbLoss => "methods/gb_loss.rs",
+            Method::ApiNet => "methods/api_net.rs",
+            Method::McLoss => "methods/mc_loss.rs",
+            Method::Dcl => "methods/dcl.rs",
+            Method::Pmg => "methods/pmg.rs",
+        }
+    }
+
+    /// How this implementation departs from the paper, beyond the recipe's protocol; every run's
+    /// record carries these.
+    pub fn deviations(self) -> &'static [&'static str] {
+        match self {
+            Method::Bcnn | Method::CbpTs | Method::CbpRm | Method::MpnCov | Method::IsqrtCov => &[],
+            Method::KernelPooling => &[
+                "kernel pooling: orders k >= 3 are computed on the detached feature map (burn 0.21 autodiff has no FFT backward): no gradient flows from them into the backbone",
+                "kernel pooling: alpha initialised to the RBF Taylor coefficients with gamma = 1 / mean squared norm of training-image features",
+            ],
+            Method::Lrbp => &["LRBP: U and V initialised from N(0, 0.01), not from the eigenvectors of a trained full bilinear classifier"],
+            Method::Hbp => &[
+                "HBP: whole backbone stages as the three layers (not relu5_1..5_3); maps of different resolutions average-pooled to the smallest after projection",
+            ],
+            Method::GroupedBilinear => &[
+                "DBTNet: one grouped bilinear pooling layer on the last map, not the transformation inserted in every block of the ResNet",
+                "DBTNet: the semantic grouping loss is a pair-count-normalised correlation contrast, not the authors' squared error to a block-diagonal target on the uncentred cosine after ReLU",
+            ],
+            Method::Maxent | Method::Cin | Method::GbLoss => &[],
+            Method::PairwiseConfusion => &[
+                "pairwise confusion: the authors' released PairwiseConfusion (first half of the batch paired with the second, unsquared norms), not the paper's equation; an odd batch's last image is left out of the pairs and the divisor",
+            ],
+            Method::McLoss => &[
+                "MC-Loss: the K*xi-channel map is a new 1x1 convolution with ReLU on the last stage (the authors widen the last convolutions); linear classifier on the average-pooled map",
+            ],
+            Method::ApiNet => &["API-Net: dropout of the mutual-vector MLP omitted"],
+            Method::Dcl => &[
+                "DCL: the adversarial branch is a 2-way classifier (original vs destructed) on the pooled feature; shuffling follows the paper's formula, not the authors' sliding window",
+            ],
+            Method::Pmg => &["PMG: classifiers are Linear-ELU-Linear without the batch norms; block width from the recipe"],
+        }
+    }
+
     /// Edited views the method trains on, with the stages cached for each.
     pub fn edits(self, f: usize, params: &recipe::Params) -> Vec<(Edit, Vec<usize>)> {
         match self {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use fgia_core::imaging::{Normalize, Transform};
+use fgia_core::record::FeatureMode;
 use fgia_nn::BackboneKind;
 use fgia_train::TrainError;
 use fgia_train::recipe::{CachedDataSection, ReportSection};
@@ -53,6 +54,11 @@ pub struct EncodingModel {
     /// The stage (of `Network::forward_stage`) whose output is the "last feature map" the
     /// methods read; the stages after it are not used.
     pub feature_stage: usize,
+    /// `frozen`: the backbone's maps are cached and only the method's layers train (plus the
+    /// last stage for the methods that fine-tune it); `end-to-end`: pixels through the whole
+    /// backbone, every layer trained, augmentation and edits drawn afresh every epoch.
+    #[serde(default)]
+    pub mode: FeatureMode,
 }
 
 /// Training.
@@ -219,6 +225,9 @@ impl EncodingRecipe {
             return Err(format!("train: momentum {} must be in [0, 1)", t.momentum));
         }
         self.data.validate()?;
+        if !matches!(self.model.mode, FeatureMode::Frozen | FeatureMode::EndToEnd) {
+            return Err(format!("model.mode '{}': feature encoding trains 'frozen' or 'end-to-end'", self.model.mode.name()));
+        }
         let stages = self.model.backbone.num_stages();
         let f = self.model.feature_stage;
         if f >= stages || f < 2 {

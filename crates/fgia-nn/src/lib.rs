@@ -7,6 +7,7 @@
 pub mod efficientnet;
 pub mod error;
 pub mod flops;
+pub mod imagenet;
 pub mod network;
 pub mod norm;
 pub mod ops;

@@ -203,6 +203,30 @@ impl<B: Backend> Network<B> {
         }
     }
 
+    /// SCDA+'s upper and lower layers (Wei et al. 2017, §4.3). VGG-16: `pool5` and `relu5_2`,
+    /// as in the paper. Others: the last stage and the deepest stage at a larger resolution
+    /// (ResNet: `layer4` and `layer3`; EfficientNet-Lite0: the 1280-channel head convolution
+    /// and the 112-channel stage).
+    ///
+    /// # Shapes
+    /// `[B, 3, H, W]` to (`[B, C1, h, w]`, `[B, C2, h', w']`) with `h' > h`.
+    pub fn scda_layers(&self, x: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        if let Network::Vgg16(n) = self {
+            return n.scda_layers(x);
+        }
+        let mut sizes = Vec::new();
+        let mut outs = Vec::new();
+        let mut h = x;
+        for s in 0..self.num_stages() {
+            h = self.forward_stage(s, h);
+            sizes.push(h.dims()[2]);
+            outs.push(h.clone());
+        }
+        let last = *sizes.last().expect("networks have stages");
+        let lower = (0..sizes.len()).rev().find(|&s| sizes[s] > last).unwrap_or(0);
+        (h, outs.swap_remove(lower))
+    }
+
     /// Runs stages `from..` (the rest of the network after frozen stages).
     pub fn forward_stages_from(&self, from: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {
         (from..self.num_stages()).fold(x, |x, i| self.forward_stage(i, x))

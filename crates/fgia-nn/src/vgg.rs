@@ -86,6 +86,20 @@ impl<B: Backend> Vgg16<B> {
         if i + 1 < Self::STAGES { self.pool.forward(x) } else { x }
     }
 
+    /// SCDA+'s two layers (Wei et al. 2017, §4.3): `pool5`, the max-pooled conv5_3 map, and
+    /// `relu5_2`.
+    ///
+    /// # Shapes
+    /// `[B, 3, H, W]` to (`[B, 512, H/32, W/32]`, `[B, 512, H/16, W/16]`).
+    pub fn scda_layers(&self, x: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let x = (0..Self::STAGES - 1).fold(x, |x, i| self.forward_stage(i, x));
+        let first: usize = STAGE_CONVS[..Self::STAGES - 1].iter().sum();
+        let relu5_1 = relu(self.convs[first].forward(x));
+        let relu5_2 = relu(self.convs[first + 1].forward(relu5_1));
+        let relu5_3 = relu(self.convs[first + 2].forward(relu5_2.clone()));
+        (self.pool.forward(relu5_3), relu5_2) // pool5 [B, 512, h/2, w/2], relu5_2 [B, 512, h, w]
+    }
+
     /// # Shapes
     /// `[B, 3, H, W]` to conv5_3 after ReLU, `[B, 512, H/16, W/16]`.
     pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -96,5 +110,26 @@ impl<B: Backend> Vgg16<B> {
     /// `[B, 3, H, W]` to logits `[B, num_classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         self.head.forward(global_avg_pool(self.features(x)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn scda_layers_are_pool5_and_relu5_2() {
+        let device = Default::default();
+        let net: Vgg16<Flex> = Vgg16Config::new().with_width_div(16).init(&device);
+        let x = Tensor::<Flex, 4>::random([1, 3, 224, 224], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let (pool5, relu5_2) = net.scda_layers(x.clone());
+        // The paper's sizes at 224 px: pool5 7x7, relu5_2 14x14.
+        assert_eq!(pool5.dims(), [1, 32, 7, 7]);
+        assert_eq!(relu5_2.dims(), [1, 32, 14, 14]);
+        // pool5 is the max pool of conv5_3 (the last stage's output).
+        let want = net.pool.forward(net.features(x));
+        let d: f32 = (pool5 - want).abs().max().into_scalar();
+        assert!(d < 1e-5, "{d}");
     }
 }

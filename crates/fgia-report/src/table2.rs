@@ -40,15 +40,15 @@ fn summarise(records: &[&Loaded]) -> Result<DataFrame, ReportError> {
         .collect()?)
 }
 
-/// The paper backbone a record stands in for (from its "X instead of Y" deviation), as the
+/// The paper backbone a method's records stand in for (their `paper_backbone` field), as the
 /// survey may write it, most specific first (VGG-16 is "VGG-D"; a symmetric B-CNN is
 /// "VGG-D + VGG-D").
 fn paper_backbone(records: &[&Loaded], method: &str) -> &'static [&'static str] {
-    let Some(dev) = records.iter().filter(|l| l.record.method == method).flat_map(|l| l.record.deviations.iter()).find(|d| d.contains(" instead of ")) else {
+    let Some(bb) = records.iter().filter(|l| l.record.method == method).find_map(|l| l.record.paper_backbone.as_deref()) else {
         return &[];
     };
     const NAMES: [(&str, &[&str]); 3] = [("resnet101", &["ResNet-101"]), ("resnet50", &["ResNet-50"]), ("vgg16", &["VGG-16", "VGG-D + VGG-D", "VGG-D"])];
-    NAMES.iter().find(|(k, _)| dev.contains(k)).map(|(_, v)| *v).unwrap_or(&[])
+    NAMES.iter().find(|(k, _)| bb == *k).map(|(_, v)| *v).unwrap_or(&[])
 }
 
 /// The paper value shown for a method and dataset: the row with the backbone our recipe stands
@@ -62,7 +62,7 @@ fn paper_row<'a>(refs: &[&'a ReferenceValue], method: &str, dataset: &str, backb
 /// The page body.
 pub fn table2_body(records: &[&Loaded], reference: &[&ReferenceValue]) -> Result<String, ReportError> {
     let mut body = String::new();
-    body.push_str("<p>Recognition by end-to-end feature encoding (survey §5.2), top-1 accuracy on the official train/test splits. Paper values come from the survey's Table 2 with their provenance; ours is the mean ± std over seeds of the last epoch (no model selection on the test split), single centre crop unless the protocol below says otherwise. Every departure from a paper's setting is listed under Deviations, and the method's source file states the rest.</p>\n");
+    body.push_str("<p>Fine-grained recognition (survey Table 2): localization-classification networks (§5.1) and end-to-end feature encoding (§5.2), top-1 accuracy on the official train/test splits. Paper values come from the survey's Table 2 with their provenance; ours is the mean ± std over seeds of the last epoch (no model selection on the test split), single centre crop unless the protocol below says otherwise. Δ is computed only against verified paper values: an UNVERIFIED value is shown marked, with no Δ. Every departure from a paper's setting is listed under Deviations, and the method's source file states the rest.</p>\n");
     if records.is_empty() {
         body.push_str("<p class=\"warn\">No Table 2 results yet. Run <code>cargo xtask reproduce table2 --smoke</code>.</p>\n");
     }
@@ -73,8 +73,8 @@ pub fn table2_body(records: &[&Loaded], reference: &[&ReferenceValue]) -> Result
             sections.push((r.section.clone(), r.family.clone()));
         }
     }
-    // Methods of ours that the survey's table does not list go with the section named in their
-    // record's table field suffix; they are rendered after the survey's rows of §5.2.1.
+    // Methods of ours that the survey's table does not list are rendered after the survey's rows
+    // of their record's section (or of the first §5.2 section).
     let ref_methods: Vec<&str> = reference.iter().map(|r| r.method.as_str()).collect();
     let mut extra: Vec<String> = records.iter().map(|l| l.record.method.clone()).filter(|m| !ref_methods.contains(&m.as_str())).collect();
     extra.sort();
@@ -88,9 +88,16 @@ pub fn table2_body(records: &[&Loaded], reference: &[&ReferenceValue]) -> Result
                 methods.push(r.method.clone());
             }
         }
-        if si == 0 {
-            methods.extend(extra.iter().cloned());
-        }
+        let home = |m: &String| -> String {
+            records
+                .iter()
+                .find(|l| &l.record.method == m)
+                .and_then(|l| l.record.section.clone())
+                .filter(|s| sections.iter().any(|(x, _)| x == s))
+                .unwrap_or_else(|| sections.iter().find(|(x, _)| x.starts_with("5.2")).map(|(x, _)| x.clone()).unwrap_or_default())
+        };
+        methods.extend(extra.iter().filter(|m| &home(m) == section).cloned());
+        let _ = si;
         let refs: Vec<&ReferenceValue> = reference.iter().copied().filter(|r| &r.section == section).collect();
         for method in &methods {
             let ours: Vec<usize> = df.as_ref().map(|df| (0..df.height()).filter(|&i| &get_str(df, "method", i) == method).collect()).unwrap_or_default();
@@ -158,7 +165,7 @@ pub fn table2_body(records: &[&Loaded], reference: &[&ReferenceValue]) -> Result
                             get_f64(df, "chance:mean", i).map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into()),
                         );
                         match (top1, paper) {
-                            (Some(o), Some((p, _))) => {
+                            (Some(o), Some((p, _))) if !p.is_unverified() => {
                                 let d = o - p.value;
                                 let _ = write!(row, "<td class=\"num {}\">{d:+.1}</td>", if d < 0.0 { "neg" } else { "pos" });
                             }

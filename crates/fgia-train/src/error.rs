@@ -27,15 +27,20 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
-    /// The loss became NaN or infinite: the run stops rather than continue with garbage.
-    #[error("loss is {value} at epoch {epoch}, step {step}: stopping (lower the learning rate or enable clip_grad_norm; the last good checkpoint is kept)")]
+    /// The loss or the gradient norm became NaN or infinite: the run stops before the update
+    /// rather than continue with garbage.
+    #[error(
+        "{what} is {value} at epoch {epoch}, step {step}: stopping before the update (lower the learning rate or enable clip_grad_norm; the last good checkpoint is kept)"
+    )]
     NonFinite {
         /// 1-based epoch.
         epoch: usize,
         /// 0-based step in the epoch.
         step: usize,
-        /// The loss value.
-        value: f32,
+        /// What was not finite: `loss` or `gradient norm`.
+        what: &'static str,
+        /// The value.
+        value: f64,
     },
     /// The run folder exists and `--resume` was not asked for.
     #[error("{0}: run folder exists; runs are never overwritten (use --resume to continue it, or choose another folder)")]

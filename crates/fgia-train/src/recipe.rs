@@ -7,6 +7,7 @@ use fgia_core::imaging::{CropMode, Normalize, Transform};
 use fgia_nn::BackboneKind;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{Decay, LrSchedule};
 use crate::error::TrainError;
 
 /// What is reported with the result (the survey table and how this run departs from the paper).
@@ -25,6 +26,10 @@ pub struct ReportSection {
     /// The paper's input side this setting stands in for, when it differs from `data.crop`.
     #[serde(default)]
     pub paper_resolution: Option<u32>,
+    /// The paper's backbone this setting stands in for (`vgg16`), when it differs from
+    /// `model.backbone`.
+    #[serde(default)]
+    pub paper_backbone: Option<String>,
     /// Every way this setting departs from the paper's protocol.
     #[serde(default)]
     pub deviations: Vec<String>,
@@ -139,18 +144,6 @@ pub struct DataSection {
     pub skip_bad: bool,
 }
 
-/// Learning-rate schedule after warm-up.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// Cosine decay to 0 over the remaining iterations.
-    Cosine,
-    /// Multiply by `gamma` at each milestone epoch.
-    Step,
-    /// Constant.
-    Constant,
-}
-
 /// Optimisation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,15 +159,21 @@ pub struct TrainSection {
     /// SGD momentum.
     #[serde(default = "momentum")]
     pub momentum: f64,
+    /// Nesterov momentum.
+    #[serde(default)]
+    pub nesterov: bool,
     /// L2 weight decay (PyTorch convention: added to the gradient).
     #[serde(default)]
     pub weight_decay: f64,
-    /// Schedule after warm-up.
-    pub schedule: Schedule,
+    /// Decay after warm-up (`constant`, `cosine`, `step`, `multi-step`), per iteration.
+    pub schedule: Decay,
     /// Linear warm-up length in epochs (may be fractional).
     #[serde(default)]
     pub warmup_epochs: f64,
-    /// Milestone epochs of the step schedule.
+    /// Epochs between decays of the `step` schedule.
+    #[serde(default)]
+    pub step_size: usize,
+    /// Milestone epochs of the `multi-step` schedule.
     #[serde(default)]
     pub milestones: Vec<usize>,
     /// Factor of the step schedule.
@@ -189,6 +188,19 @@ pub struct TrainSection {
     /// Seed of data order, augmentation and initialisation.
     #[serde(default)]
     pub seed: u64,
+}
+
+impl TrainSection {
+    /// The engine's schedule of this section.
+    pub fn lr_schedule(&self) -> LrSchedule {
+        LrSchedule {
+            decay: self.schedule,
+            warmup_epochs: self.warmup_epochs,
+            step_size: self.step_size,
+            milestones: self.milestones.clone(),
+            gamma: self.gamma,
+        }
+    }
 }
 
 /// Evaluation.
@@ -283,6 +295,7 @@ impl Recipe {
                 return Err(msg);
             }
         }
+        crate::engine::engine_checks(&t.lr_schedule())?;
         if self.model.cache_views > 0 && self.model.freeze_stages == 0 {
             return Err("model.cache_views needs model.freeze_stages > 0 (only frozen stages can be cached)".into());
         }

@@ -1,38 +1,27 @@
-//! The fine-tuning loop: SGD with momentum and weight decay, separate learning rates for the
-//! pretrained layers and the new head, warm-up and cosine or step schedules, global-norm
-//! clipping, a checkpoint every epoch with exact resume, and a stop on a NaN or infinite loss.
-//!
-//! All randomness derives from the recipe's seed and the epoch: data order, augmentation
-//! ([`fgia_core::rng::SplitMix64::for_item`]) and the backend's generator (reseeded at every
-//! epoch start). So a run resumed from the checkpoint of epoch `e` continues exactly as the
-//! uninterrupted run would have.
+//! Table 4's backbone classifier on the engine ([`crate::engine`]): SGD with momentum and
+//! weight decay, separate learning rates for the pretrained body and the new head (two
+//! parameter groups), the recipe's schedule and clipping, pixels or cached frozen-stage maps as
+//! the batch source, evaluation of the last epoch with optional flip TTA, and the record.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use fgia_core::datasets::{Dataset, DatasetKind, ReadOptions};
-use fgia_core::imaging::load_batch;
-use fgia_core::record::{EpochMetrics, Protocol, RECORD_SCHEMA, ResultRecord, now_utc_rfc3339, write_atomic, write_json_atomic};
-use fgia_core::rng::SplitMix64;
+use fgia_core::record::{FeatureMode, Protocol, RECORD_SCHEMA, ResultRecord, now_utc_rfc3339, write_json_atomic};
 use fgia_nn::weights::load_network;
 use fgia_nn::{Network, NetworkConfig};
-use serde::{Deserialize, Serialize};
 
-use crate::clip::{global_grad_norm, scale_gradients};
+use crate::engine::{self, EngineSpec, OptimizerSpec, ParamGroup, RunIo, Sampler, StepLoss, TrainMethod, load_checkpoint_module, open_run_dir};
 use crate::error::TrainError;
 use crate::eval::{EvalOutput, TailClassifier, evaluate, evaluate_maps};
 use crate::frozen_cache::FrozenCache;
 use crate::recipe::{Recipe, describe_transform};
-use crate::schedule::lr_factor;
+use crate::sources::{CachedSource, ImageSource, MapBatch};
 
 /// The burn version this toolkit is pinned to (checked against `Cargo.lock` by a test).
 pub const BURN_VERSION: &str = "0.21.0";
@@ -56,13 +45,6 @@ pub struct RunContext {
     pub progress: bool,
     /// Stop (as if killed) after this many epochs of this session; for tests of resume.
     pub stop_after_epochs: Option<usize>,
-}
-
-/// State saved with each checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CheckpointState {
-    epoch: usize,
-    wall_time_s: f64,
 }
 
 /// What [`train_and_evaluate`] returns.
@@ -101,31 +83,62 @@ pub fn build_network<B: Backend>(recipe: &Recipe, num_classes: usize, pretrained
     Ok(net.reset_classifier(num_classes, device))
 }
 
-fn checkpoint_dir(run_dir: &Path, epoch: usize) -> PathBuf {
-    run_dir.join("checkpoints").join(format!("epoch-{epoch:04}"))
+/// A backbone classifier as a [`TrainMethod`]: cross-entropy (with optional label smoothing)
+/// on the logits; two parameter groups, the pretrained body and the new head.
+///
+/// The batch is either pixels (`input_stage = 0`; the first `frozen` stages then run in
+/// inference mode without a graph) or cached maps of stage `input_stage - 1`.
+#[derive(Module, Debug)]
+pub struct Classifier<B: Backend> {
+    /// The network.
+    pub net: Network<B>,
+    /// Leading stages kept frozen.
+    pub frozen: usize,
+    /// The stage the batch enters at (0: pixels; `frozen`: cached maps).
+    pub input_stage: usize,
+    /// Learning rate of the body relative to the base (0 or 1).
+    pub body_lr_mult: f64,
+    /// Learning rate of the head relative to the base.
+    pub head_lr_mult: f64,
+    /// Label smoothing.
+    pub label_smoothing: f64,
 }
 
-/// The newest complete checkpoint of a run folder (its `state.json` is written last).
-fn latest_checkpoint(run_dir: &Path) -> Option<(usize, PathBuf)> {
-    let dir = run_dir.join("checkpoints");
-    std::fs::read_dir(&dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let epoch: usize = name.strip_prefix("epoch-")?.parse().ok()?;
-            e.path().join("state.json").is_file().then_some((epoch, e.path()))
-        })
-        .max_by_key(|(e, _)| *e)
-}
+impl<B: AutodiffBackend> TrainMethod<B> for Classifier<B> {
+    type Batch = MapBatch;
+    type Input = (Tensor<B, 4>, Tensor<B, 1, Int>);
 
-fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
-    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
-}
+    fn prepare(&self, b: MapBatch, device: &B::Device) -> Self::Input {
+        let x = Tensor::<B, 4>::from_data(TensorData::new(b.data, b.shape), device); // [B, C, H, W]
+        let skip = self.frozen.saturating_sub(self.input_stage);
+        let x = if skip > 0 {
+            let inner = self.net.valid();
+            let mut h = x.inner();
+            for i in self.input_stage..self.frozen.min(inner.num_stages()) {
+                h = inner.forward_stage(i, h);
+            }
+            Tensor::from_inner(h)
+        } else {
+            x
+        };
+        (x, to_labels(&b.labels, device))
+    }
 
-fn to_images<B: Backend>(pixels: Vec<f32>, n: usize, crop: u32, device: &B::Device) -> Tensor<B, 4> {
-    let c = crop as usize;
-    Tensor::from_data(TensorData::new(pixels, [n, 3, c, c]), device) // [B, 3, H, W]
+    fn loss(&self, (x, targets): &Self::Input, _step: usize) -> StepLoss<B> {
+        let from = self.frozen.max(self.input_stage);
+        let logits = self.net.head_from_features(self.net.forward_stages_from(from, x.clone())); // [B, K]
+        let n = targets.dims()[0];
+        let smoothing = (self.label_smoothing > 0.0).then_some(self.label_smoothing as f32);
+        let loss = CrossEntropyLossConfig::new().with_smoothing(smoothing).init::<B>(&logits.device()).forward(logits.clone(), targets.clone());
+        let hits: i64 = logits.inner().argmax(1).reshape([n]).equal(targets.clone().inner()).int().sum().into_scalar().elem();
+        StepLoss { loss, hits: Some(hits as usize) }
+    }
+
+    fn param_groups(&self, mut grads: B::Gradients) -> Vec<ParamGroup> {
+        let head = GradientsParams::from_module(&mut grads, self.net.head_layer());
+        let body = GradientsParams::from_grads(grads, self);
+        vec![ParamGroup { name: "body", lr_mult: self.body_lr_mult, grads: body }, ParamGroup { name: "head", lr_mult: self.head_lr_mult, grads: head }]
+    }
 }
 
 fn to_labels<B: Backend>(labels: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
@@ -133,153 +146,51 @@ fn to_labels<B: Backend>(labels: &[usize], device: &B::Device) -> Tensor<B, 1, I
     Tensor::from_data(TensorData::new(v, [labels.len()]), device)
 }
 
-/// Forward pass of a training step: frozen leading stages run on the inner backend in
-/// inference mode (no graph, batch norm with running statistics), the rest with autodiff.
-fn forward_train<B: AutodiffBackend>(net: &Network<B>, frozen: usize, images: Tensor<B, 4>) -> Tensor<B, 2> {
-    let x = if frozen > 0 {
-        let inner = net.valid();
-        let mut h = images.inner();
-        for i in 0..frozen.min(inner.num_stages()) {
-            h = inner.forward_stage(i, h);
-        }
-        Tensor::from_inner(h)
-    } else {
-        images
-    };
-    net.head_from_features(net.forward_stages_from(frozen, x))
+/// The base learning rate of a Table 4 recipe and the multipliers of the body and the head:
+/// the body's rate is the base (the head's a multiple of it), unless the body is not trained.
+fn lr_groups(t: &crate::recipe::TrainSection) -> (f64, f64, f64) {
+    if t.lr > 0.0 { (t.lr, 1.0, t.head_lr / t.lr) } else { (t.head_lr, 0.0, 1.0) }
 }
 
-/// Learning rates and clipping of one step.
-#[derive(Debug, Clone, Copy)]
-pub struct StepRates {
-    /// Learning rate of every parameter but the head's.
-    pub body: f64,
-    /// Learning rate of the head.
-    pub head: f64,
-    /// Clip the global gradient norm to this (0: no clipping).
-    pub clip_grad_norm: f64,
-}
-
-/// What one step measured.
-#[derive(Debug, Clone, Copy)]
-pub struct StepStats {
-    /// Loss before the update.
-    pub loss: f32,
-    /// Correct arg-max predictions in the batch.
-    pub hits: usize,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-}
-
-/// One optimisation step from `logits` (computed by `net` on the batch): cross-entropy,
-/// backward, global-norm clipping, then SGD with the body's and the head's learning rates.
-/// A non-finite loss returns the network unchanged; the caller stops the run.
-pub fn train_step<B: AutodiffBackend, O: Optimizer<Network<B>, B>>(
-    mut net: Network<B>,
-    optim: &mut O,
-    loss_fn: &burn::nn::loss::CrossEntropyLoss<B>,
-    logits: Tensor<B, 2>,
-    targets: Tensor<B, 1, Int>,
-    rates: StepRates,
-) -> (Network<B>, StepStats) {
-    let n = targets.dims()[0];
-    let loss = loss_fn.forward(logits.clone(), targets.clone());
-    let value: f32 = loss.clone().into_scalar().elem();
-    if !value.is_finite() {
-        return (net, StepStats { loss: value, hits: 0, grad_norm: f64::NAN });
+/// The engine settings of a Table 4 recipe: SGD, the recipe's schedule and clipping, shuffled
+/// batches.
+pub fn engine_spec(recipe: &Recipe) -> EngineSpec {
+    let t = &recipe.train;
+    EngineSpec {
+        epochs: t.epochs,
+        lr: lr_groups(t).0,
+        optimizer: OptimizerSpec::Sgd { momentum: t.momentum, nesterov: t.nesterov, weight_decay: t.weight_decay },
+        schedule: t.lr_schedule(),
+        clip_grad_norm: t.clip_grad_norm,
+        seed: t.seed,
+        sampler: Sampler::Shuffled { batch_size: t.batch_size },
     }
-    let hits: i64 = logits.inner().argmax(1).reshape([n]).equal(targets.inner()).int().sum().into_scalar().elem();
-    let mut grads = loss.backward();
-    let mut head_grads = GradientsParams::from_module(&mut grads, net.head_layer());
-    let mut body_grads = GradientsParams::from_grads(grads, &net);
-    // One global norm over both groups, as torch's clip_grad_norm_ over all parameters.
-    let norm = global_grad_norm::<B, _>(&net, &body_grads).hypot(global_grad_norm::<B, _>(&net, &head_grads));
-    if rates.clip_grad_norm > 0.0 && norm > rates.clip_grad_norm {
-        let f = rates.clip_grad_norm / (norm + 1e-6);
-        scale_gradients::<B, _>(&net, &mut body_grads, f);
-        scale_gradients::<B, _>(&net, &mut head_grads, f);
-    }
-    if rates.body > 0.0 {
-        net = optim.step(rates.body, net, body_grads);
-    }
-    net = optim.step(rates.head, net, head_grads);
-    (net, StepStats { loss: value, hits: hits as usize, grad_norm: norm })
-}
-
-/// The SGD optimiser of a recipe: momentum (PyTorch semantics: no dampening) and L2 weight
-/// decay added to the gradient.
-pub fn sgd<B: AutodiffBackend>(t: &crate::recipe::TrainSection) -> impl Optimizer<Network<B>, B> {
-    SgdConfig::new()
-        .with_momentum(Some(MomentumConfig::new().with_momentum(t.momentum).with_dampening(0.0).with_nesterov(false)))
-        .with_weight_decay((t.weight_decay > 0.0).then(|| WeightDecayConfig::new(t.weight_decay as f32)))
-        .init::<B, Network<B>>()
-}
-
-fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    SplitMix64::for_item(seed, epoch as u64, u64::MAX).shuffle(&mut order);
-    order
 }
 
 /// Trains a recipe in a run folder and evaluates the last epoch on the test split.
 pub fn train_and_evaluate<B: AutodiffBackend>(recipe: &Recipe, ctx: &RunContext, device: &B::Device) -> Result<Outcome, TrainError> {
     let run_dir = &ctx.run_dir;
-    let recipe = if ctx.resume {
-        // The run folder's own recipe rules; a resumed run cannot change its settings.
-        Recipe::load(&run_dir.join("recipe.toml"))?
-    } else {
-        if run_dir.exists() {
-            return Err(TrainError::RunExists(run_dir.clone()));
-        }
-        std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
-        write_atomic(&run_dir.join("recipe.toml"), recipe.to_toml().as_bytes())?;
-        recipe.clone()
-    };
+    // On resume the run folder's own recipe rules; a resumed run cannot change its settings.
+    let text = open_run_dir(run_dir, ctx.resume, &recipe.to_toml())?;
+    let recipe = Recipe::parse(&text).map_err(|message| TrainError::Recipe { path: run_dir.join("recipe.toml"), message })?;
     let dataset = load_dataset(&recipe, ctx.data_root.as_deref())?;
     let num_classes = dataset.num_classes();
     if !ctx.resume {
         write_json_atomic(&run_dir.join("classes.json"), &dataset.classes.names)?;
     }
-    let mut net: Network<B> = build_network(&recipe, num_classes, ctx.pretrained.as_deref(), device)?;
+    let net: Network<B> = build_network(&recipe, num_classes, ctx.pretrained.as_deref(), device)?;
     let t = &recipe.train;
-    let mut optim = sgd::<B>(t);
-
-    let mut start_epoch = 0;
-    let mut wall_before = 0.0;
-    if ctx.resume {
-        if let Some((epoch, dir)) = latest_checkpoint(run_dir) {
-            let rec = recorder();
-            let ck = |e: burn::record::RecorderError| TrainError::Checkpoint { path: dir.clone(), message: e.to_string() };
-            net = net.load_record(rec.load(dir.join("model"), device).map_err(ck)?);
-            optim = optim.load_record(rec.load(dir.join("optim"), device).map_err(ck)?);
-            let state: CheckpointState =
-                serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).map_err(|e| TrainError::io(dir.join("state.json"), e))?)
-                    .map_err(|e| TrainError::Checkpoint { path: dir.clone(), message: e.to_string() })?;
-            start_epoch = epoch;
-            wall_before = state.wall_time_s;
-        }
-        // Drop metric lines of epochs after the checkpoint (a kill can leave one).
-        truncate_metrics(&run_dir.join("metrics.jsonl"), start_epoch)?;
-    }
-
-    let train = &dataset.train;
     let transform = recipe.train_transform();
-    let loss_fn = CrossEntropyLossConfig::new().with_smoothing((t.label_smoothing > 0.0).then_some(t.label_smoothing)).init::<B>(device);
-    let bs = t.batch_size;
-    // A last batch of one image would break batch norm; it is dropped (and so is any batch
-    // of fewer than 2).
-    let iters = train.len() / bs + usize::from(train.len() % bs >= 2);
     let frozen = recipe.model.freeze_stages;
-    let started = Instant::now();
     // Frozen stages never change: with cache_views, compute their outputs once (this is
     // deterministic, so a resumed run rebuilds the same cache).
-    let cache = if recipe.model.cache_views > 0 && start_epoch < t.epochs {
+    let cache = if recipe.model.cache_views > 0 {
         let inner = net.valid();
         Some(FrozenCache::build(
             &inner,
             frozen,
             recipe.model.cache_views,
-            train,
+            &dataset.train,
             &transform,
             &dataset.test,
             &recipe.eval_transform(),
@@ -292,92 +203,41 @@ pub fn train_and_evaluate<B: AutodiffBackend>(recipe: &Recipe, ctx: &RunContext,
     } else {
         None
     };
-    let mut epochs_this_session = 0;
-    for epoch in start_epoch..t.epochs {
-        let epoch_start = Instant::now();
-        B::seed(device, t.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
-        let order = epoch_order(train.len(), t.seed, epoch);
-        let bar = progress_bar(ctx.progress, iters as u64, &format!("epoch {}/{}", epoch + 1, t.epochs));
-        let (mut loss_sum, mut seen, mut correct, mut norm_sum, mut skipped) = (0.0f64, 0usize, 0usize, 0.0f64, 0usize);
-        let mut lr_now = 0.0;
-        for step in 0..iters {
-            let idx = &order[step * bs..((step + 1) * bs).min(order.len())];
-            let (logits, labels) = match &cache {
-                Some(cache) => {
-                    let (maps, kept) = cache.train_batch(idx, t.seed, epoch);
-                    skipped += idx.len() - kept.len();
-                    let [c, h, w] = cache.shape;
-                    let x = Tensor::<B, 4>::from_data(TensorData::new(maps, [kept.len(), c, h, w]), device); // [B, C, h, w]
-                    let labels: Vec<usize> = kept.iter().map(|&k| train[idx[k]].label).collect();
-                    (net.head_from_features(net.forward_stages_from(frozen, x)), labels)
-                }
-                None => {
-                    let batch = load_batch(train, idx, &transform, t.seed, epoch as u64, recipe.data.skip_bad)?;
-                    skipped += batch.skipped.len();
-                    let images = to_images::<B>(batch.pixels, batch.labels.len(), transform.crop, device);
-                    (forward_train(&net, frozen, images), batch.labels)
-                }
-            };
-            let n = labels.len();
-            if n < 2 {
-                continue;
-            }
-            let factor = lr_factor(t, iters, epoch * iters + step);
-            lr_now = t.lr * factor;
-            let targets = to_labels::<B>(&labels, device);
-            let lrs = StepRates { body: t.lr * factor, head: t.head_lr * factor, clip_grad_norm: t.clip_grad_norm };
-            let (next, stats) = train_step(net, &mut optim, &loss_fn, logits, targets, lrs);
-            net = next;
-            let (value, hits, norm) = (stats.loss, stats.hits, stats.grad_norm);
-            if !value.is_finite() {
-                bar.abandon();
-                return Err(TrainError::NonFinite { epoch: epoch + 1, step, value });
-            }
-            norm_sum += norm;
-            loss_sum += value as f64 * n as f64;
-            seen += n;
-            correct += hits;
-            bar.set_message(format!("loss {:.3}", loss_sum / seen as f64));
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let test_top1 = if recipe.eval.every > 0 && (epoch + 1) % recipe.eval.every == 0 && epoch + 1 < t.epochs {
-            Some(evaluate_test(&net, &recipe, &dataset, cache.as_ref(), device, ctx.progress)?.top1)
+    let method = Classifier {
+        net,
+        frozen,
+        input_stage: if cache.is_some() { frozen } else { 0 },
+        body_lr_mult: lr_groups(t).1,
+        head_lr_mult: lr_groups(t).2,
+        label_smoothing: t.label_smoothing as f64,
+    };
+    let spec = engine_spec(&recipe);
+    let io = RunIo { run_dir: run_dir.clone(), resume: ctx.resume, progress: ctx.progress, label: "epoch".into(), stop_after_epochs: ctx.stop_after_epochs };
+    let every = recipe.eval.every;
+    let mut eval_hook = |m: &Classifier<B>, epoch: usize| -> Result<Option<f64>, TrainError> {
+        if every > 0 && epoch.is_multiple_of(every) {
+            Ok(Some(evaluate_test(&m.net, &recipe, &dataset, cache.as_ref(), device, false)?.top1))
         } else {
-            None
-        };
-        let metrics = EpochMetrics {
-            epoch: epoch + 1,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_top1: 100.0 * correct as f64 / seen.max(1) as f64,
-            lr: lr_now,
-            grad_norm: norm_sum / iters.max(1) as f64,
-            test_top1,
-            seconds: epoch_start.elapsed().as_secs_f64(),
-            skipped_images: skipped,
-        };
-        save_checkpoint(&net, &optim, run_dir, epoch + 1, wall_before + started.elapsed().as_secs_f64())?;
-        append_metrics(&run_dir.join("metrics.jsonl"), &metrics)?;
-        if ctx.progress {
-            eprintln!(
-                "epoch {}/{}: loss {:.4}, train top-1 {:.1}%, lr {:.2e}, {:.0}s",
-                epoch + 1,
-                t.epochs,
-                metrics.train_loss,
-                metrics.train_top1,
-                metrics.lr,
-                metrics.seconds
-            );
+            Ok(None)
         }
-        epochs_this_session += 1;
-        if ctx.stop_after_epochs == Some(epochs_this_session) && epoch + 1 < t.epochs {
-            return Ok(Outcome::Stopped { epochs_done: epoch + 1 });
+    };
+    let trained = match &cache {
+        Some(cache) => {
+            let source = CachedSource { cache, labels: dataset.train.iter().map(|r| r.label).collect(), seed: t.seed };
+            engine::train(&spec, &io, method, &source, Some(&mut eval_hook), device)?
         }
-    }
-
-    let eval = evaluate_test(&net, &recipe, &dataset, cache.as_ref(), device, ctx.progress)?;
-    let wall = wall_before + started.elapsed().as_secs_f64();
-    let record = result_record(&recipe, &dataset, &eval, ctx, wall);
+        None => {
+            let source = ImageSource::new(&dataset.train, transform.clone(), t.seed, recipe.data.skip_bad);
+            engine::train(&spec, &io, method, &source, Some(&mut eval_hook), device)?
+        }
+    };
+    let (method, wall) = match trained {
+        engine::Trained::Finished { method, wall_time_s, .. } => (method, wall_time_s),
+        engine::Trained::Stopped { epochs_done } => return Ok(Outcome::Stopped { epochs_done }),
+    };
+    let eval_started = Instant::now();
+    let eval = evaluate_test(&method.net, &recipe, &dataset, cache.as_ref(), device, ctx.progress)?;
+    let record = result_record(&recipe, &dataset, &eval, ctx, wall + eval_started.elapsed().as_secs_f64());
     record.write(&run_dir.join("result.json"))?;
     Ok(Outcome::Finished(Box::new(record)))
 }
@@ -408,72 +268,6 @@ fn evaluate_test<B: AutodiffBackend>(
     )
 }
 
-fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Network<B>, B>>(
-    net: &Network<B>,
-    optim: &O,
-    run_dir: &Path,
-    epoch: usize,
-    wall: f64,
-) -> Result<(), TrainError> {
-    let final_dir = checkpoint_dir(run_dir, epoch);
-    let tmp = run_dir.join("checkpoints").join(format!(".epoch-{epoch:04}.partial"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    let ck = |e: burn::record::RecorderError| TrainError::Checkpoint { path: tmp.clone(), message: e.to_string() };
-    let rec = recorder();
-    rec.record(net.clone().into_record(), tmp.join("model")).map_err(ck)?;
-    rec.record(optim.to_record(), tmp.join("optim")).map_err(ck)?;
-    write_json_atomic(&tmp.join("state.json"), &CheckpointState { epoch, wall_time_s: wall })?;
-    let _ = std::fs::remove_dir_all(&final_dir);
-    std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
-    // Only the newest checkpoint is kept.
-    for e in 1..epoch {
-        let old = checkpoint_dir(run_dir, e);
-        if old.exists() {
-            let _ = std::fs::remove_dir_all(old);
-        }
-    }
-    Ok(())
-}
-
-/// Writes a module's parameters to `run_dir/<name>.mpk` atomically (a staging file, then a
-/// rename).
-pub fn save_module<B: Backend, M: Module<B>>(module: M, run_dir: &Path, name: &str) -> Result<(), TrainError> {
-    let staging = run_dir.join(format!("{name}.staging"));
-    recorder().record(module.into_record(), staging.clone()).map_err(|e| TrainError::Checkpoint { path: staging.clone(), message: e.to_string() })?;
-    let target = run_dir.join(format!("{name}.mpk"));
-    std::fs::rename(staging.with_extension("mpk"), &target).map_err(|e| TrainError::io(target, e))
-}
-
-/// Appends one epoch's metrics as a JSON line to `path` (`metrics.jsonl`) and syncs it.
-pub fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<(), TrainError> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
-    let line = serde_json::to_string(m).expect("metrics serialise");
-    writeln!(f, "{line}").map_err(|e| TrainError::io(path, e))?;
-    f.sync_all().map_err(|e| TrainError::io(path, e))
-}
-
-/// Keeps the metric lines of epochs `1..=last`; rewrites the file atomically.
-fn truncate_metrics(path: &Path, last: usize) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let kept: String = text.lines().filter(|l| serde_json::from_str::<EpochMetrics>(l).is_ok_and(|m| m.epoch <= last)).map(|l| format!("{l}\n")).collect();
-    Ok(write_atomic(path, kept.as_bytes())?)
-}
-
-fn progress_bar(show: bool, len: u64, prefix: &str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
-            .expect("static template is valid")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix.to_string());
-    bar
-}
-
 fn result_record(recipe: &Recipe, dataset: &Dataset, eval: &EvalOutput, ctx: &RunContext, wall: f64) -> ResultRecord {
     let t = &recipe.train;
     let trained = match (recipe.model.freeze_stages, recipe.model.cache_views) {
@@ -499,6 +293,8 @@ fn result_record(recipe: &Recipe, dataset: &Dataset, eval: &EvalOutput, ctx: &Ru
         backbone: recipe.model.backbone.display_name().to_string(),
         resolution: recipe.data.crop,
         paper_resolution: recipe.report.paper_resolution,
+        paper_backbone: recipe.report.paper_backbone.clone(),
+        section: None,
         protocol: Protocol {
             split: dataset.split_note.clone(),
             train_transform: describe_transform(&recipe.train_transform()),
@@ -509,17 +305,15 @@ fn result_record(recipe: &Recipe, dataset: &Dataset, eval: &EvalOutput, ctx: &Ru
             epochs: t.epochs,
             batch_size: t.batch_size,
             optimizer: format!(
-                "SGD momentum {} weight decay {}, lr {} (backbone) / {} (head), {:?} schedule, warm-up {} epochs{}{}",
-                t.momentum,
-                t.weight_decay,
+                "{}; lr {} (backbone) / {} (head){}",
+                engine_spec(recipe).describe(),
                 t.lr,
                 t.head_lr,
-                t.schedule,
-                t.warmup_epochs,
-                if t.clip_grad_norm > 0.0 { format!(", clip grad norm {}", t.clip_grad_norm) } else { String::new() },
                 if t.label_smoothing > 0.0 { format!(", label smoothing {}", t.label_smoothing) } else { String::new() },
             ),
             trained_layers: trained,
+            mode: if recipe.model.freeze_stages == 0 { FeatureMode::EndToEnd } else { FeatureMode::Partial },
+            trained_from_stage: (recipe.model.freeze_stages > 0).then_some(recipe.model.freeze_stages),
         },
         seed: t.seed,
         metrics,
@@ -552,10 +346,9 @@ pub fn load_trained<B: Backend>(run_dir: &Path, device: &B::Device) -> Result<Tr
     let classes_path = run_dir.join("classes.json");
     let classes: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&classes_path).map_err(|e| TrainError::io(&classes_path, e))?)
         .map_err(|e| TrainError::Checkpoint { path: classes_path.clone(), message: e.to_string() })?;
-    let (epoch, dir) =
-        latest_checkpoint(run_dir).ok_or_else(|| TrainError::Checkpoint { path: run_dir.join("checkpoints"), message: "no complete checkpoint".into() })?;
     let m = &recipe.model;
     let net: Network<B> = NetworkConfig::new(m.backbone).with_num_classes(classes.len()).with_width_div(m.width_div).init(device);
-    let record = recorder().load(dir.join("model"), device).map_err(|e| TrainError::Checkpoint { path: dir.clone(), message: e.to_string() })?;
-    Ok(Trained { network: net.load_record(record), recipe, classes, epoch })
+    let shell = Classifier { net, frozen: 0, input_stage: 0, body_lr_mult: 1.0, head_lr_mult: 1.0, label_smoothing: 0.0 };
+    let (loaded, epoch) = load_checkpoint_module(shell, run_dir, device)?;
+    Ok(Trained { network: loaded.net, recipe, classes, epoch })
 }

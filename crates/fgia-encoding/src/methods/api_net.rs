@@ -13,12 +13,14 @@
 //!
 //! At test time only the pooled feature and the classifier are used. The batches come from the
 //! class-balanced sampler (`P` classes x `K` images, [`fgia_core::sampler::pk_batches`]); the
-//! backbone's last stage is fine-tuned. The MLP is `2C → 512 → C` with ReLU, as in the authors'
-//! code (dropout omitted).
+//! backbone's last stage is fine-tuned. The mutual-vector MLP is two linear layers `2C → 512 → C`
+//! with no activation between them, as in the authors' code (its dropout omitted: recorded).
+//!
+//! Recipe: `recipes/table2/api-net.toml` (`cargo xtask reproduce table2 --smoke --methods api-net`).
 
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{relu, sigmoid, softmax};
+use burn::tensor::activation::{sigmoid, softmax};
 use fgia_nn::Network;
 
 use super::{Head, Inputs, LastStage, StepOutput, cross_entropy, gap};
@@ -81,7 +83,7 @@ impl<B: Backend> Head<B> for ApiNetHead<B> {
         let idx = |v: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(v, [2 * n]), &device);
         let x1 = feats.clone().select(0, idx(first.clone())); // [2B, C]
         let x2 = feats.clone().select(0, idx(second.clone()));
-        let mutual = self.map2.forward(relu(self.map1.forward(Tensor::cat(vec![x1.clone(), x2.clone()], 1))));
+        let mutual = self.map2.forward(self.map1.forward(Tensor::cat(vec![x1.clone(), x2.clone()], 1)));
         let g1 = sigmoid(mutual.clone() * x1.clone());
         let g2 = sigmoid(mutual * x2.clone());
         let x1_self = x1.clone() + x1.clone() * g1.clone();

@@ -15,6 +15,8 @@
 //! another class in a class-balanced batch (the paper samples pairs within the batch; it does
 //! not fix the scheme). `λ` and `β` are recipe parameters (the recipes use 1 and 0.5). CCI is a
 //! training-time loss only, as in the paper.
+//!
+//! Recipe: `recipes/table2/cin.toml` (`cargo xtask reproduce table2 --smoke --methods cin`).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};

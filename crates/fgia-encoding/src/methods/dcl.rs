@@ -17,6 +17,8 @@
 //! parameters (the recipes use `N = 7` and `k = 2`). The shuffled view of each cached training
 //! image is drawn once per view from `(seed, image, view)`; the backbone's last stage is
 //! fine-tuned on the original and destructed maps.
+//!
+//! Recipe: `recipes/table2/dcl.toml` (`cargo xtask reproduce table2 --smoke --methods dcl`).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig};

@@ -16,6 +16,8 @@
 //!
 //! `p_peak`, `p_patch`, `G` and `k` are recipe parameters (the recipes use 0.5, 0.5, 3 and 15;
 //! the paper tunes them). The block acts on the backbone's last feature map.
+//!
+//! Recipe: `recipes/table2/gb-loss.toml` (`cargo xtask reproduce table2 --smoke --methods gb-loss`).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;

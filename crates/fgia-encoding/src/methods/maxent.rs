@@ -9,6 +9,8 @@
 //! with `p` the softmax of the logits. Here the classifier is a linear layer on the globally
 //! average-pooled last feature map; `γ` is a recipe parameter (the paper tunes it per dataset,
 //! the recipes use 0.1).
+//!
+//! Recipe: `recipes/table2/maxent.toml` (`cargo xtask reproduce table2 --smoke --methods maxent`).
 
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;

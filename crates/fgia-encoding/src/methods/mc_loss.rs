@@ -20,6 +20,8 @@
 //! stage (the authors widen VGG-16's last convolutions to 600 channels), and the classifier is a
 //! linear layer on the globally average-pooled map (theirs: 2x2 max pooling, flattening, and a
 //! BN-Linear-BN-ELU-Linear head).
+//!
+//! Recipe: `recipes/table2/mc-loss.toml` (`cargo xtask reproduce table2 --smoke --methods mc-loss`).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig};

@@ -82,7 +82,7 @@ pub struct StepOutput<B: Backend> {
 }
 
 /// A method's trainable part.
-pub trait Head<B: Backend>: Module<B> {
+pub trait Head<B: Backend>: Module<B> + burn::module::ModuleDisplay {
     /// Optimiser steps per batch (PMG's progressive steps; 1 for the others).
     fn steps(&self) -> usize {
         1

@@ -16,6 +16,8 @@
 //! smoke recipes 256); the first two stages' maps come from the frozen backbone and only the
 //! last stage is fine-tuned; each cached view of a training image has one fixed jigsaw per
 //! granularity, drawn from `(seed, image, view)`.
+//!
+//! Recipe: `recipes/table2/pmg.toml` (`cargo xtask reproduce table2 --smoke --methods pmg`).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};

@@ -6,6 +6,8 @@
 //! `y = sign(z) √|z|` and ℓ2 normalisation (§3.1). This is the symmetric B-CNN (both streams the
 //! same network, "VGG-D + VGG-D"); `ε = 1e-10` inside the square root keeps its gradient finite
 //! at zero.
+//!
+//! Recipe: `recipes/table2/bcnn.toml` (`cargo xtask reproduce table2 --smoke --methods bcnn`).
 
 use burn::prelude::*;
 

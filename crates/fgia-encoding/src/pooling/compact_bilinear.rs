@@ -7,6 +7,8 @@
 //! of `φ` over locations, followed (as for B-CNN) by the signed square root and ℓ2.
 //!
 //! The projections are fixed (not learned), as in the paper's reported setting.
+//!
+//! Recipe: `recipes/table2/cbp-rm.toml` (`cargo xtask reproduce table2 --smoke --methods cbp-rm`).
 
 use burn::prelude::*;
 use fgia_core::rng::SplitMix64;

@@ -14,6 +14,8 @@
 //! DBTNet inserts the transformation in every block of a ResNet and pools the last one; here it
 //! is a pooling layer on the given map (sum over locations, signed square root, ℓ2), the form
 //! the survey groups with the other high-order poolings: a recorded deviation.
+//!
+//! Recipe: `recipes/table2/grouped-bilinear.toml` (`cargo xtask reproduce table2 --smoke --methods grouped-bilinear`).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;

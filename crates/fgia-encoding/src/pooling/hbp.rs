@@ -9,6 +9,8 @@
 //! `relu5_3` of VGG-16 and `d = 8192`; here the layers are the caller's and `d` is a parameter.
 //! Layers of different resolutions (whole backbone stages, as our stage granularity gives) are
 //! average-pooled to the smallest one after projection: a deviation where they differ.
+//!
+//! Recipe: `recipes/table2/hbp.toml` (`cargo xtask reproduce table2 --smoke --methods hbp`).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;

@@ -15,6 +15,8 @@
 //!
 //! Gradients come from burn's autodiff through these same operations (the paper derives the
 //! same backward by hand).
+//!
+//! Recipe: `recipes/table2/isqrt-cov.toml` (`cargo xtask reproduce table2 --smoke --methods isqrt-cov`).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig};

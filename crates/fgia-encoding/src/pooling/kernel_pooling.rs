@@ -12,12 +12,14 @@
 //! to the data; the paper's setting is `p = 4`, `d = 4096` per order.
 //!
 //! Deviations, stated: `α` is initialised to the Taylor coefficients `γᵏ / k!` of `exp(γ⟨x,y⟩)`
-//! with `γ` = 1 / (mean ‖x‖²) of the first batch seen (the paper fits the RBF's `γ` to the data
-//! the same way, in spirit); and since burn 0.21's autodiff has no FFT backward, the orders
+//! with `γ` = 1 / (mean ‖x‖²) over the feature maps of up to 64 *training* images (never test
+//! images; the paper fits the RBF's `γ` to the data the same way, in spirit); and since burn 0.21's autodiff has no FFT backward, the orders
 //! `k ≥ 3` are computed on the detached feature map: `α`, the classifier and everything after
 //! the pooling learn, but no gradient flows from those orders into the feature map. Order 2 is
 //! exact with gradient (the scatter route of [`super::tensor_sketch`]). On a frozen
 //! backbone (the smoke profile) this changes nothing.
+//!
+//! Recipe: `recipes/table2/kernel-pooling.toml` (`cargo xtask reproduce table2 --smoke --methods kernel-pooling`).
 
 use burn::module::Param;
 use burn::prelude::*;

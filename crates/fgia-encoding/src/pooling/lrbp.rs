@@ -12,6 +12,8 @@
 //! or any 1x1 convolution. A per-class bias is added. `U` and `V` are initialised from
 //! `N(0, 0.01)` here (the paper initialises them from the eigenvectors of a trained full
 //! bilinear classifier, which needs that classifier first: a recorded deviation).
+//!
+//! Recipe: `recipes/table2/lrbp.toml` (`cargo xtask reproduce table2 --smoke --methods lrbp`).
 
 use burn::module::Param;
 use burn::prelude::*;

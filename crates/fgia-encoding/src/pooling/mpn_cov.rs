@@ -21,6 +21,8 @@
 //!
 //! Eigenvalues below `1e-10 · λ_max` are clamped there (the covariance of `M < C` descriptors is
 //! singular); equal eigenvalues use the derivative in `F`.
+//!
+//! Recipe: `recipes/table2/mpn-cov.toml` (`cargo xtask reproduce table2 --smoke --methods mpn-cov`).
 
 use burn::prelude::*;
 use fgia_core::linalg::symmetric_eigen;

@@ -18,6 +18,8 @@
 //!   it is the same scatter of the bilinear matrix `X Xᵀ`. That is one `[C, C]` product per image
 //!   and `C²` additions, both differentiable in burn, instead of `3 M` FFTs of length `d`.
 //!   The tests check both routes agree and the kernel property.
+//!
+//! Recipe: `recipes/table2/cbp-ts.toml` (`cargo xtask reproduce table2 --smoke --methods cbp-ts`).
 
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;

@@ -172,3 +172,78 @@ fn bad_recipes_are_rejected_with_the_reason() {
     assert!(with("model", None, "feature_stage", 9.into()).contains("feature_stage"));
     assert!(with("train", None, "lr", (-1.0).into()).contains("lr"));
 }
+
+#[test]
+fn every_recipe_and_its_method_file_name_each_other() {
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for m in Method::ALL {
+        let recipe_rel = format!("recipes/table2/{}.toml", m.name());
+        let recipe = std::fs::read_to_string(crate_dir.join("../..").join(&recipe_rel)).expect("recipe");
+        let file_rel = format!("crates/fgia-encoding/src/{}", m.source_file());
+        assert!(recipe.contains(&format!("# Method file: {file_rel}")), "{recipe_rel} does not name {file_rel}");
+        let source = std::fs::read_to_string(crate_dir.join("src").join(m.source_file())).expect("method file");
+        assert!(source.starts_with("//!"), "{file_rel}: header first");
+        assert!(source.contains(&format!("Recipe: `{recipe_rel}`")), "{file_rel} does not name {recipe_rel}");
+    }
+}
+
+/// End-to-end mode: B-CNN and DCL on a live backbone (pixels in) give gradients to every
+/// backbone stage they read, in the `backbone` parameter group, and to their own layers.
+#[test]
+fn end_to_end_methods_send_gradients_into_the_live_backbone() {
+    use fgia_encoding::run::{Encoder, EncodingInput, TapPlan};
+    use fgia_train::engine::TrainMethod;
+
+    let dev = Default::default();
+    let f = 4;
+    let hbp_stages = [2, 3, 4];
+    for method in [Method::Bcnn, Method::Dcl] {
+        let params = tiny_params(method);
+        let channels: Vec<usize> = maps(&tiny_net(), 1).iter().map(|t| t.dims()[1]).collect();
+        let spec = HeadSpec { feature_stage: f, channels: &channels, classes: CLASSES, params: &params, hbp_stages: &hbp_stages, seed: 3, rbf_gamma: 0.1 };
+        struct Check {
+            method: Method,
+            f: usize,
+            params: Params,
+        }
+        impl HeadVisitor<B> for Check {
+            type Output = ();
+            fn visit<M>(self, head: M)
+            where
+                M: Head<B> + AutodiffModule<B>,
+                M::InnerModule: Head<<B as AutodiffBackend>::InnerBackend>,
+            {
+                let m = self.method;
+                let edits = m.edits(self.f, &self.params);
+                let plan = TapPlan { taps: m.taps(self.f, &[2, 3, 4]), edited: edits.iter().map(|(_, t)| t.clone()).collect() };
+                let live = tiny_net();
+                let model = Encoder { live: Some(live), head, plan, backbone_lr_mult: 0.1 };
+                let dev = Default::default();
+                let mut g = SplitMix64::new(5);
+                let mut px = || -> Tensor<B, 4> {
+                    let v: Vec<f32> = (0..N * 3 * SIDE * SIDE).map(|_| g.next_f64() as f32 * 2.0 - 1.0).collect();
+                    Tensor::from_data(TensorData::new(v, [N, 3, SIDE, SIDE]), &dev)
+                };
+                let permutations =
+                    if m == Method::Dcl { (0..N).map(|i| region_permutation(2, 1, &mut SplitMix64::new(i as u64))).collect() } else { Vec::new() };
+                let input = EncodingInput::Live {
+                    pixels: px(),
+                    edited: edits.iter().map(|_| px()).collect(),
+                    labels: (0..N).map(|i| i / 2).collect(),
+                    permutations,
+                    seed: 1,
+                };
+                let out = model.loss(&input, 0);
+                let groups = model.param_groups(out.loss.backward());
+                let norm = |name: &str| {
+                    let g = groups.iter().find(|g| g.name == name).expect("group");
+                    fgia_train::clip::global_grad_norm(&model, &g.grads)
+                };
+                assert!(norm("backbone") > 0.0 && norm("backbone").is_finite(), "{m}: the live backbone gets gradients");
+                assert!(norm("method") > 0.0 && norm("method").is_finite(), "{m}: the method's layers get gradients");
+                assert_eq!(groups.iter().find(|g| g.name == "backbone").map(|g| g.lr_mult), Some(0.1));
+            }
+        }
+        build_head(method, &spec, tiny_net, &dev, Check { method, f, params: params.clone() });
+    }
+}

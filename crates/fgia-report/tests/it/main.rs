@@ -15,6 +15,8 @@ fn record(run_dir: &Path, res: u32, paper: u32, seed: u64, top1: f64) -> ResultR
         backbone: "EfficientNet-Lite0".into(),
         resolution: res,
         paper_resolution: Some(paper),
+        paper_backbone: None,
+        section: None,
         protocol: Protocol {
             split: "official train_test_split.txt".into(),
             train_transform: "resize 128, random crop 112".into(),
@@ -26,6 +28,8 @@ fn record(run_dir: &Path, res: u32, paper: u32, seed: u64, top1: f64) -> ResultR
             batch_size: 16,
             optimizer: "SGD".into(),
             trained_layers: "head".into(),
+            mode: fgia_core::record::FeatureMode::Frozen,
+            trained_from_stage: None,
         },
         seed,
         metrics: BTreeMap::from([("top1".to_string(), top1)]),
@@ -118,6 +122,7 @@ fn table2_page_groups_methods_like_the_survey_with_paper_ours_and_delta() {
         r.method = method.into();
         r.dataset = dataset.into();
         r.deviations = vec!["EfficientNet-Lite0 (ImageNet) instead of resnet50: the feature map is its last stage".into()];
+        r.paper_backbone = Some("resnet50".into());
         r.metrics.insert("chance".into(), 2.5);
         r
     };
@@ -126,20 +131,24 @@ fn table2_page_groups_methods_like_the_survey_with_paper_ours_and_delta() {
     mk("DCL", "Stanford-Cars", 0, 40.0).write(&results.join("table2/c.json")).expect("write");
     mk("CBP (Random Maclaurin)", "CUB-200-2011", 0, 60.0).write(&results.join("table2/d.json")).expect("write");
     let mut b = mk("B-CNN", "CUB-200-2011", 0, 74.0);
-    b.deviations = vec!["EfficientNet-Lite0 (ImageNet) instead of vgg16".into()];
+    // The paper backbone comes from the record's field, not from the deviation text.
+    b.deviations = vec!["another backbone".into()];
+    b.paper_backbone = Some("vgg16".into());
     b.write(&results.join("table2/e.json")).expect("write");
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/reference/survey-results.csv");
     let out = dir.path().join("reports");
     fgia_report::render(&results, &reference, &out).expect("renders");
     let t2 = std::fs::read_to_string(out.join("table2.html")).expect("table2.html");
-    // Grouped like the survey.
+    // Grouped like the survey: the whole recognition table, §5.1 (not run yet) then §5.2.
+    let s51: Vec<usize> = ["§5.1.1", "§5.1.2", "§5.1.3", "§5.1.4"].iter().map(|s| t2.find(s).unwrap_or_else(|| panic!("{s}"))).collect();
     let (a, b, c) = (t2.find("§5.2.1").expect("5.2.1"), t2.find("§5.2.2").expect("5.2.2"), t2.find("§5.2.3").expect("5.2.3"));
-    assert!(a < b && b < c);
+    assert!(s51.windows(2).all(|w| w[0] < w[1]) && s51[3] < a && a < b && b < c);
+    assert!(t2[s51[0]..a].contains("Part-based R-CNN") && t2[s51[0]..a].contains("not run"), "§5.1 rows listed as not run");
     // iSQRT-COV with ResNet-50 on CUB: paper 88.1 (README provenance); ours 71.0 ± 1.4 over two
     // seeds; delta -17.1.
     assert!(t2.contains("88.1") && t2.contains("<b>71.0</b> ± 1.4") && t2.contains("-17.1"), "{t2}");
-    // DCL on Cars: paper 94.5 (unverified), ours 40.0, delta -54.5.
-    assert!(t2.contains("94.5") && t2.contains("-54.5"));
+    // DCL on Cars: paper 94.5 is unverified: shown marked, with no delta.
+    assert!(t2.contains("94.5") && t2.contains("UNVERIFIED") && !t2.contains("-54.5"), "{t2}");
     // A method the survey does not list is shown as such; methods not run say so.
     assert!(t2.contains("CBP (Random Maclaurin)") && t2.contains("not in the survey's table"));
     assert!(t2.contains("not run"));
