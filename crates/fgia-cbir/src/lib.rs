@@ -30,7 +30,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use recipe::CbirRecipe;
-pub use run::{RetrievalContext, run_recipe};
+pub use run::run_recipe;
 
 /// Every retrieval method of the crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! re-rank, evaluate, and write the result record.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -11,7 +11,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use fgia_core::datasets::Dataset;
-use fgia_core::record::{FeatureMode, Protocol, RECORD_SCHEMA, ResultRecord, now_utc_rfc3339, write_json_atomic};
+use fgia_core::record::{FeatureMode, Protocol, ResultRecord, write_json_atomic};
 use fgia_core::retrieval::Distance;
 use fgia_nn::weights::load_network;
 use fgia_nn::{Network, NetworkConfig};
@@ -19,7 +19,7 @@ use fgia_train::engine::{self, EngineSpec, LrSchedule, OptimizerSpec, ParamGroup
 use fgia_train::frozen_cache::FrozenCache;
 use fgia_train::recipe::describe_transform;
 use fgia_train::sources::{CachedSource, MapBatch};
-use fgia_train::{BURN_VERSION, TrainError};
+use fgia_train::{RunContext, TrainError};
 
 use crate::Method;
 use crate::extract::{Aggregator, extract};
@@ -29,27 +29,6 @@ use crate::pca::{PcaWhitening, l2_normalise_rows};
 use crate::recipe::{CbirRecipe, Rerank};
 use crate::rerank::{k_reciprocal, query_expansion};
 use crate::search::{distance_matrix, random_ranking_recall, ranking_metrics};
-
-/// Where and how a run happens.
-#[derive(Debug, Clone)]
-pub struct RetrievalContext {
-    /// Run folder (must not exist).
-    pub run_dir: PathBuf,
-    /// Dataset root override.
-    pub data_root: Option<PathBuf>,
-    /// Pretrained backbone weights.
-    pub pretrained: PathBuf,
-    /// Device, in words.
-    pub device_name: String,
-    /// Code revision.
-    pub git_revision: String,
-    /// Progress bars.
-    pub progress: bool,
-    /// Continue `run_dir` from its newest checkpoint.
-    pub resume: bool,
-    /// Stop (as if killed) after this many epochs; for tests of resume.
-    pub stop_after_epochs: Option<usize>,
-}
 
 /// Feature maps of a frozen backbone, shared between the methods of one dataset and setting.
 pub struct SharedCache {
@@ -285,10 +264,10 @@ pub fn evaluate_embeddings(recipe: &CbirRecipe, train: &[f32], test: &[f32], dim
 /// Runs one recipe. `caches` holds feature maps already computed by earlier recipes of the
 /// same process (same backbone, data, input size, views and seed), and receives this run's.
 ///
-/// Returns `None` when the run stopped early ([`RetrievalContext::stop_after_epochs`]).
+/// Returns `None` when the run stopped early ([`RunContext::stop_after_epochs`]).
 pub fn run_recipe<B: AutodiffBackend>(
     recipe: &CbirRecipe,
-    ctx: &RetrievalContext,
+    ctx: &RunContext,
     caches: &mut Vec<SharedCache>,
     device: &B::Device,
 ) -> Result<Option<ResultRecord>, TrainError> {
@@ -298,7 +277,7 @@ pub fn run_recipe<B: AutodiffBackend>(
     let text = open_run_dir(run_dir, ctx.resume, &recipe.to_toml())?;
     let recipe = &CbirRecipe::parse(&text).map_err(|message| TrainError::Recipe { path: run_dir.join("recipe.toml"), message })?;
     let ds = retrieval_dataset(recipe, ctx.data_root.as_deref())?;
-    let net: Network<B::InnerBackend> = build_backbone(recipe, &ctx.pretrained, device)?;
+    let net: Network<B::InnerBackend> = build_backbone(recipe, ctx.pretrained_weights()?, device)?;
     let method = recipe.method.name;
     let mut deviations = recipe.report.deviations.clone();
     let (trained_layers, epochs, batch, optimizer, tta);
@@ -330,13 +309,7 @@ pub fn run_recipe<B: AutodiffBackend>(
         train_classes.sort_unstable();
         train_classes.dedup();
         let local: Vec<usize> = train_labels.iter().map(|l| train_classes.binary_search(l).expect("present")).collect();
-        let io = RunIo {
-            run_dir: run_dir.clone(),
-            resume: ctx.resume,
-            progress: ctx.progress,
-            label: method.name().to_string(),
-            stop_after_epochs: ctx.stop_after_epochs,
-        };
+        let io = ctx.io(method.name());
         let Some(emb) = train_head::<B>(recipe, cache, &local, &test_labels, train_classes.len(), &io, device)? else {
             return Ok(None);
         };
@@ -378,7 +351,6 @@ pub fn run_recipe<B: AutodiffBackend>(
         );
     }
     let record = ResultRecord {
-        schema: RECORD_SCHEMA,
         table: recipe.report.table.clone(),
         method: recipe.report.method.clone(),
         dataset: recipe.report.dataset.clone(),
@@ -405,12 +377,7 @@ pub fn run_recipe<B: AutodiffBackend>(
         seed: recipe.train.seed,
         metrics,
         deviations,
-        git_revision: ctx.git_revision.clone(),
-        burn_version: BURN_VERSION.into(),
-        device: ctx.device_name.clone(),
-        wall_time_s: started.elapsed().as_secs_f64(),
-        created_utc: now_utc_rfc3339(),
-        run_dir: run_dir.display().to_string(),
+        ..ctx.record(started.elapsed().as_secs_f64())
     };
     write_json_atomic(&run_dir.join("result.json"), &record)?;
     Ok(Some(record))

@@ -4,7 +4,8 @@ use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use fgia_encoding::run::Caches;
-use fgia_encoding::{EncodingContext, EncodingRecipe, run_recipe};
+use fgia_encoding::{EncodingRecipe, run_recipe};
+use fgia_train::RunContext;
 
 use crate::RetrievalArgs;
 use crate::commands::{git_revision, resolve_pretrained};
@@ -29,12 +30,12 @@ pub fn encoding<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: St
     let mut failed = Vec::new();
     for (path, key, result, recipe) in todo {
         let run_dir = a.runs_dir.join(&key);
-        let ctx = EncodingContext {
+        let ctx = RunContext {
             resume: a.resume_wanted(&run_dir),
             stop_after_epochs: None,
             run_dir,
             data_root: a.data_root.clone(),
-            pretrained: resolve_pretrained(recipe.model.backbone, a.weights.as_deref())?,
+            pretrained: Some(resolve_pretrained(recipe.model.backbone, a.weights.as_deref())?),
             device_name: device_name.clone(),
             git_revision: git_revision(),
             progress: !a.quiet,

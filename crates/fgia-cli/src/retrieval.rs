@@ -11,11 +11,12 @@ use fgia_cbir::extract::{Aggregator, extract, list_images, records_for};
 use fgia_cbir::hnsw::HnswParams;
 use fgia_cbir::index::{ExtractorInfo, Index, IndexItem};
 use fgia_cbir::run::SharedCache;
-use fgia_cbir::{CbirRecipe, RetrievalContext, run_recipe};
+use fgia_cbir::{CbirRecipe, run_recipe};
 use fgia_core::imaging::Transform;
 use fgia_core::retrieval::Distance;
 use fgia_nn::weights::load_network;
 use fgia_nn::{BackboneKind, NetworkConfig};
+use fgia_train::RunContext;
 
 use crate::commands::{git_revision, resolve_pretrained};
 use crate::{IndexArgs, QueryArgs, RetrievalArgs};
@@ -32,11 +33,11 @@ pub fn retrieval<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: S
         }
         let recipe = CbirRecipe::load(path)?;
         let run_dir = a.runs_dir.join(&key);
-        let ctx = RetrievalContext {
+        let ctx = RunContext {
             resume: a.resume_wanted(&run_dir),
             run_dir,
             data_root: a.data_root.clone(),
-            pretrained: resolve_pretrained(recipe.model.backbone, a.weights.as_deref())?,
+            pretrained: Some(resolve_pretrained(recipe.model.backbone, a.weights.as_deref())?),
             device_name: device_name.clone(),
             git_revision: git_revision(),
             progress: !a.quiet,

@@ -41,7 +41,7 @@ impl FeatureMode {
 }
 
 /// How a number was obtained: everything a reader needs to judge whether it is comparable.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Protocol {
     /// Which split was trained and tested on, and where it comes from.
     pub split: String,

@@ -20,7 +20,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use recipe::EncodingRecipe;
-pub use run::{EncodingContext, run_recipe};
+pub use run::run_recipe;
 
 /// The survey's §5.2 subsections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,54 +5,32 @@
 //! record with its mode and deviations.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
 use fgia_core::datasets::Dataset;
-use fgia_core::record::{EpochMetrics, FeatureMode, Protocol, RECORD_SCHEMA, ResultRecord, now_utc_rfc3339, write_json_atomic};
+use fgia_core::record::{EpochMetrics, FeatureMode, Protocol, ResultRecord, write_json_atomic};
 use fgia_core::rng::SplitMix64;
 use fgia_nn::weights::load_network;
 use fgia_nn::{Network, NetworkConfig};
 use fgia_train::engine::{
     self, BatchSource, EngineSpec, HostBatch, LrSchedule, OptimizerSpec, ParamGroup, RunIo, Sampler, StepLoss, TrainMethod, open_run_dir,
 };
-use fgia_train::eval::EvalOutput;
+use fgia_train::eval::{EvalOutput, tta_probabilities};
 use fgia_train::frozen_cache::{CacheSpec, FrozenCache};
 use fgia_train::recipe::describe_transform;
 use fgia_train::sources::ImageSource;
-use fgia_train::{BURN_VERSION, TrainError};
+use fgia_train::{RunContext, TrainError};
 
 use crate::methods::dcl::{destruction_rng, region_permutation};
 use crate::methods::pmg::{jigsaw, jigsaw_rng};
 use crate::methods::{Head, HeadSpec, HeadVisitor, Inputs, build_head, permute_regions};
 use crate::recipe::EncodingRecipe;
 use crate::{Edit, Method};
-
-/// Where and how a run happens.
-#[derive(Debug, Clone)]
-pub struct EncodingContext {
-    /// Run folder (must not exist).
-    pub run_dir: PathBuf,
-    /// Dataset root override.
-    pub data_root: Option<PathBuf>,
-    /// Pretrained backbone weights.
-    pub pretrained: PathBuf,
-    /// Device, in words.
-    pub device_name: String,
-    /// Code revision.
-    pub git_revision: String,
-    /// Progress bars.
-    pub progress: bool,
-    /// Continue `run_dir` from its newest checkpoint.
-    pub resume: bool,
-    /// Stop (as if killed) after this many epochs; for tests of resume.
-    pub stop_after_epochs: Option<usize>,
-}
 
 /// Cached maps shared by the recipes of one process. [`Caches::plan`] every recipe first so
 /// that one backbone pass per image and view records the stages all of them read.
@@ -596,13 +574,9 @@ fn evaluate_cached<B: Backend, H: Head<B>>(
         let nk = kept.len();
         let scores = |data: &[f32]| -> Tensor<B, 2> {
             let (taps, shapes) = tap_map(base, data, nk);
-            softmax(head.logits(&cached_inputs::<B>(taps, Vec::new(), &shapes, vec![0; nk], Vec::new(), 0, device)), 1) // [B, K]
+            head.logits(&cached_inputs::<B>(taps, Vec::new(), &shapes, vec![0; nk], Vec::new(), 0, device)) // [B, K]
         };
-        let mut p = scores(&data);
-        if flip && base.has_flipped_test() {
-            let (data_f, _) = base.test_batch(chunk, true);
-            p = (p + scores(&data_f)) / 2.0;
-        }
+        let p = tta_probabilities(|mirror| if mirror { scores(&base.test_batch(chunk, true).0) } else { scores(&data) }, flip && base.has_flipped_test());
         probs.extend(p.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default());
         labels.extend(kept.iter().map(|&k| test[chunk[k]].label));
     }
@@ -627,10 +601,10 @@ fn rbf_gamma<B: Backend>(net: &Network<B>, r: &EncodingRecipe, train: &[fgia_cor
 }
 
 /// Runs a recipe (after [`Caches::plan`] of every recipe of the process). Returns `None`
-/// when the run stopped early ([`EncodingContext::stop_after_epochs`]).
+/// when the run stopped early ([`RunContext::stop_after_epochs`]).
 pub fn run_recipe<B: AutodiffBackend>(
     r: &EncodingRecipe,
-    ctx: &EncodingContext,
+    ctx: &RunContext,
     caches: &mut Caches,
     device: &B::Device,
 ) -> Result<Option<ResultRecord>, TrainError> {
@@ -645,7 +619,7 @@ pub fn run_recipe<B: AutodiffBackend>(
     B::seed(device, r.train.seed);
     let net_inner: Network<B::InnerBackend> = {
         let net = NetworkConfig::new(r.model.backbone).init::<B::InnerBackend>(device);
-        load_network(net, r.model.backbone, &ctx.pretrained)?.0
+        load_network(net, r.model.backbone, ctx.pretrained_weights()?)?.0
     };
     let method = r.method.name;
     let f = r.model.feature_stage;
@@ -668,17 +642,12 @@ pub fn run_recipe<B: AutodiffBackend>(
     let gamma = if method == Method::KernelPooling { rbf_gamma(&net_inner, r, &ds.train, device)? } else { 1.0 };
     let hbp_stages = r.hbp_stages();
     let spec = HeadSpec { feature_stage: f, channels: &channels, classes, params: &params, hbp_stages: &hbp_stages, seed: r.train.seed, rbf_gamma: gamma };
+    let weights = ctx.pretrained_weights()?;
     let pretrained = || -> Network<B> {
         let net = NetworkConfig::new(r.model.backbone).init::<B>(device);
-        load_network(net, r.model.backbone, &ctx.pretrained).expect("loaded once above").0
+        load_network(net, r.model.backbone, weights).expect("loaded once above").0
     };
-    let io = RunIo {
-        run_dir: run_dir.clone(),
-        resume: ctx.resume,
-        progress: ctx.progress,
-        label: method.name().to_string(),
-        stop_after_epochs: ctx.stop_after_epochs,
-    };
+    let io = ctx.io(method.name());
     let feed = match base {
         Some(base) => Feed::Cached { base, edited: &edited },
         None => Feed::Live(&ds),
@@ -725,7 +694,6 @@ pub fn run_recipe<B: AutodiffBackend>(
     }
     let batch = if method.class_balanced_batches() { t.classes_per_batch * t.images_per_class } else { t.batch_size };
     let record = ResultRecord {
-        schema: RECORD_SCHEMA,
         table: r.report.table.clone(),
         method: r.report.method.clone(),
         dataset: r.report.dataset.clone(),
@@ -771,12 +739,7 @@ pub fn run_recipe<B: AutodiffBackend>(
         seed: t.seed,
         metrics,
         deviations,
-        git_revision: ctx.git_revision.clone(),
-        burn_version: BURN_VERSION.into(),
-        device: ctx.device_name.clone(),
-        wall_time_s: started.elapsed().as_secs_f64(),
-        created_utc: now_utc_rfc3339(),
-        run_dir: run_dir.display().to_string(),
+        ..ctx.record(started.elapsed().as_secs_f64())
     };
     write_json_atomic(&run_dir.join("result.json"), &record)?;
     Ok(Some(record))

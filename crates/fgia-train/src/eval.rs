@@ -9,6 +9,14 @@ use fgia_nn::Classifier;
 
 use crate::error::TrainError;
 
+/// Class probabilities `[B, K]` of a batch, with flip test-time augmentation written once:
+/// `logits(false)` scores the batch, `logits(true)` its horizontal mirror; with `flip` the
+/// result is the mean of the two softmax outputs.
+pub fn tta_probabilities<B: Backend>(logits: impl Fn(bool) -> Tensor<B, 2>, flip: bool) -> Tensor<B, 2> {
+    let p = softmax(logits(false), 1);
+    if flip { (p + softmax(logits(true), 1)) / 2.0 } else { p }
+}
+
 /// Predictions and metrics of one evaluation.
 #[derive(Debug, Clone)]
 pub struct EvalOutput {
@@ -71,10 +79,7 @@ pub fn evaluate<B: Backend>(
             continue;
         }
         let x = Tensor::<B, 4>::from_data(TensorData::new(batch.pixels, [n, 3, c, c]), device); // [B, 3, H, W]
-        let mut p = softmax(model.logits(x.clone()), 1); // [B, K]
-        if flip_tta {
-            p = (p + softmax(model.logits(x.flip([3])), 1)) / 2.0;
-        }
+        let p = tta_probabilities(|mirror| model.logits(if mirror { x.clone().flip([3]) } else { x.clone() }), flip_tta); // [B, K]
         probabilities.extend(p.into_data().to_vec::<f32>().map_err(|e| TrainError::Checkpoint { path: "<evaluation>".into(), message: format!("{e:?}") })?);
         labels.extend(batch.labels);
         bar.inc(chunk.len() as u64);
@@ -108,7 +113,7 @@ pub fn evaluate_maps<B: Backend>(
     let mut skipped = 0;
     let logits = |maps: Vec<f32>, n: usize| {
         let x = Tensor::<B, 4>::from_data(TensorData::new(maps, [n, c, h, w]), device); // [B, C, h, w]
-        softmax(tail.net.head_from_features(tail.net.forward_stages_from(tail.from, x)), 1)
+        tail.net.head_from_features(tail.net.forward_stages_from(tail.from, x))
     };
     for chunk in idx.chunks(batch_size.max(1)) {
         let (maps, kept) = cache.test_batch(chunk, false);
@@ -116,11 +121,10 @@ pub fn evaluate_maps<B: Backend>(
         if kept.is_empty() {
             continue;
         }
-        let mut p = logits(maps, kept.len());
-        if flip_tta && cache.has_flipped_test() {
-            let (maps_f, _) = cache.test_batch(chunk, true);
-            p = (p + logits(maps_f, kept.len())) / 2.0;
-        }
+        let p = tta_probabilities(
+            |mirror| if mirror { logits(cache.test_batch(chunk, true).0, kept.len()) } else { logits(maps.clone(), kept.len()) },
+            flip_tta && cache.has_flipped_test(),
+        );
         probabilities.extend(p.into_data().to_vec::<f32>().map_err(|e| TrainError::Checkpoint { path: "<evaluation>".into(), message: format!("{e:?}") })?);
         labels.extend(kept.iter().map(|&k| records[chunk[k]].label));
     }

@@ -26,7 +26,7 @@ use crate::sources::{CachedSource, ImageSource, MapBatch};
 /// The burn version this toolkit is pinned to (checked against `Cargo.lock` by a test).
 pub const BURN_VERSION: &str = "0.21.0";
 
-/// Everything about a run that is not in the recipe.
+/// Everything about a run that is not in the recipe; one for every family.
 #[derive(Debug, Clone)]
 pub struct RunContext {
     /// The run folder (created; never overwritten).
@@ -45,6 +45,54 @@ pub struct RunContext {
     pub progress: bool,
     /// Stop (as if killed) after this many epochs of this session; for tests of resume.
     pub stop_after_epochs: Option<usize>,
+}
+
+impl RunContext {
+    /// How the engine drives this run (progress bars labelled `label`).
+    pub fn io(&self, label: &str) -> RunIo {
+        RunIo {
+            run_dir: self.run_dir.clone(),
+            resume: self.resume,
+            progress: self.progress,
+            label: label.to_string(),
+            stop_after_epochs: self.stop_after_epochs,
+        }
+    }
+
+    /// The pretrained weights file, required by the families that start from ImageNet weights.
+    pub fn pretrained_weights(&self) -> Result<&Path, TrainError> {
+        self.pretrained
+            .as_deref()
+            .ok_or_else(|| TrainError::Recipe { path: self.run_dir.join("recipe.toml"), message: "no pretrained weights file was given".into() })
+    }
+
+    /// A record with this run's provenance filled in (code revision, burn version, device, run
+    /// folder, time) and `wall_time_s`; every family completes it with its own fields
+    /// (`ResultRecord { table, method, .., ..ctx.record(wall) }`).
+    pub fn record(&self, wall_time_s: f64) -> ResultRecord {
+        ResultRecord {
+            schema: RECORD_SCHEMA,
+            table: String::new(),
+            method: String::new(),
+            dataset: String::new(),
+            data: String::new(),
+            backbone: String::new(),
+            resolution: 0,
+            paper_resolution: None,
+            paper_backbone: None,
+            section: None,
+            protocol: Protocol::default(),
+            seed: 0,
+            metrics: Default::default(),
+            deviations: Vec::new(),
+            git_revision: self.git_revision.clone(),
+            burn_version: BURN_VERSION.into(),
+            device: self.device_name.clone(),
+            wall_time_s,
+            created_utc: now_utc_rfc3339(),
+            run_dir: self.run_dir.display().to_string(),
+        }
+    }
 }
 
 /// What [`train_and_evaluate`] returns.
@@ -212,7 +260,7 @@ pub fn train_and_evaluate<B: AutodiffBackend>(recipe: &Recipe, ctx: &RunContext,
         label_smoothing: t.label_smoothing as f64,
     };
     let spec = engine_spec(&recipe);
-    let io = RunIo { run_dir: run_dir.clone(), resume: ctx.resume, progress: ctx.progress, label: "epoch".into(), stop_after_epochs: ctx.stop_after_epochs };
+    let io = ctx.io("train");
     let every = recipe.eval.every;
     let mut eval_hook = |m: &Classifier<B>, epoch: usize| -> Result<Option<f64>, TrainError> {
         if every > 0 && epoch.is_multiple_of(every) {
@@ -281,7 +329,6 @@ fn result_record(recipe: &Recipe, dataset: &Dataset, eval: &EvalOutput, ctx: &Ru
     metrics.insert("mean_per_class".to_string(), eval.mean_per_class);
     metrics.insert("test_images".to_string(), eval.labels.len() as f64);
     ResultRecord {
-        schema: RECORD_SCHEMA,
         table: recipe.report.table.clone(),
         method: recipe.report.method.clone(),
         dataset: recipe.report.dataset.clone(),
@@ -318,12 +365,7 @@ fn result_record(recipe: &Recipe, dataset: &Dataset, eval: &EvalOutput, ctx: &Ru
         seed: t.seed,
         metrics,
         deviations: recipe.report.deviations.clone(),
-        git_revision: ctx.git_revision.clone(),
-        burn_version: BURN_VERSION.into(),
-        device: ctx.device_name.clone(),
-        wall_time_s: wall,
-        created_utc: now_utc_rfc3339(),
-        run_dir: ctx.run_dir.display().to_string(),
+        ..ctx.record(wall)
     }
 }
 

@@ -465,3 +465,25 @@ fn retrieval_killed_and_resumed_matches_an_uninterrupted_run() {
     assert_eq!(a.metrics, b.metrics);
     assert_eq!(a.protocol, b.protocol);
 }
+
+/// `fgia predict --backbone` prints ImageNet class names, and `--native-size` feeds the image as
+/// it is (224 x 224 here: no resize to 256 and crop back, so the numbers differ).
+#[test]
+fn predict_names_imagenet_classes_and_feeds_native_size() {
+    let Some(weights) = lite0_weights("predict_names_imagenet_classes_and_feeds_native_size") else { return };
+    let root = fgia_core::testing::workspace_root(env!("CARGO_MANIFEST_DIR"));
+    let Some(coffee) = fgia_core::datasets::shared_dir(&root).map(|s| s.join("fixtures/coffee_224.png")).filter(|p| p.is_file()) else {
+        return fgia_core::testing::skip("predict_names_imagenet_classes_and_feeds_native_size", "fixtures/coffee_224.png of the shared folder not found");
+    };
+    // The CLI resolves the weights from its cache folder, which CI fills; the path is checked.
+    assert!(weights.is_file());
+    let img = coffee.to_str().expect("utf8");
+    let resized = ok(&fgia(&["predict", "--backbone", "efficientnet-lite0", "--top", "1", img]));
+    let native = ok(&fgia(&["predict", "--backbone", "efficientnet-lite0", "--top", "1", "--native-size", img]));
+    for out in [&resized, &native] {
+        let line = out.lines().nth(1).expect("a class line");
+        assert!(line.contains("967") && line.contains("espresso"), "{out}");
+        assert!(!out.contains("imagenet class"), "{out}");
+    }
+    assert_ne!(resized, native, "the resize-then-crop changes the probabilities");
+}

@@ -70,6 +70,17 @@ impl<B: Backend> ApiNetHead<B> {
     }
 }
 
+impl<B: Backend> ApiNetHead<B> {
+    /// The mutual vector `x_m = f_m([x₁, x₂])` (eq. 1): two linear layers with no activation
+    /// between them, as in the authors' code.
+    ///
+    /// # Shapes
+    /// `[P, C]`, `[P, C]` to `[P, C]`.
+    pub fn mutual(&self, x1: Tensor<B, 2>, x2: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.map2.forward(self.map1.forward(Tensor::cat(vec![x1, x2], 1)))
+    }
+}
+
 impl<B: Backend> Head<B> for ApiNetHead<B> {
     fn loss(&self, x: &Inputs<B>, _step: usize) -> StepOutput<B> {
         let feats = gap(self.last.of(x)); // [B, C]
@@ -83,7 +94,7 @@ impl<B: Backend> Head<B> for ApiNetHead<B> {
         let idx = |v: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(v, [2 * n]), &device);
         let x1 = feats.clone().select(0, idx(first.clone())); // [2B, C]
         let x2 = feats.clone().select(0, idx(second.clone()));
-        let mutual = self.map2.forward(self.map1.forward(Tensor::cat(vec![x1.clone(), x2.clone()], 1)));
+        let mutual = self.mutual(x1.clone(), x2.clone()); // [2B, C]
         let g1 = sigmoid(mutual.clone() * x1.clone());
         let g2 = sigmoid(mutual * x2.clone());
         let x1_self = x1.clone() + x1.clone() * g1.clone();
@@ -112,5 +123,26 @@ impl<B: Backend> Head<B> for ApiNetHead<B> {
 
     fn backbone(&self) -> Option<&Network<B>> {
         Some(&self.last.net)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use fgia_nn::{BackboneKind, NetworkConfig};
+
+    #[test]
+    fn the_mutual_vector_is_affine_as_in_the_authors_code() {
+        let device = Default::default();
+        let net = NetworkConfig::new(BackboneKind::ResNet18).with_width_div(16).init::<Flex>(&device);
+        let head = ApiNetHead::new(net, 4, 8, 3, &device);
+        let r = |s: u64| Tensor::<Flex, 2>::random([4, 8], burn::tensor::Distribution::Normal(s as f64, 1.0), &device);
+        let (a1, a2, b1, b2) = (r(0), r(1), r(2), r(3));
+        // f((a + b) / 2) = (f(a) + f(b)) / 2 holds for an affine map and fails with a ReLU inside.
+        let mid = head.mutual((a1.clone() + b1.clone()) / 2.0, (a2.clone() + b2.clone()) / 2.0);
+        let avg = (head.mutual(a1, a2) + head.mutual(b1, b2)) / 2.0;
+        let d: f32 = (mid - avg).abs().max().into_scalar();
+        assert!(d < 1e-4, "{d}");
     }
 }

@@ -9,7 +9,10 @@
 //!
 //! `L_g = Σ_g [ −Σ_{i,j ∈ g} d_ij + Σ_{i ∈ g, j ∉ g} d_ij ]` with `d_ij` the cosine correlation of
 //! channels `i` and `j` over locations (normalised here by the pair counts so that the two terms
-//! are on one scale).
+//! are on one scale). Deviation, recorded: the authors' released loss is different, a squared
+//! error between the uncentred cosine similarity of the channels (after ReLU) and a
+//! block-diagonal target (1 within a group, 0 across); this file implements the paper's eq. 2
+//! form above.
 //!
 //! DBTNet inserts the transformation in every block of a ResNet and pools the last one; here it
 //! is a pooling layer on the given map (sum over locations, signed square root, ℓ2), the form
