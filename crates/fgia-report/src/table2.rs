@@ -184,13 +184,13 @@ pub fn table2_body(records: &[&Loaded], reference: &[&ReferenceValue]) -> Result
         body.push_str(&deviations_list(records));
     }
     if !records.is_empty() {
-        body.push_str("<h2>Protocol (as recorded)</h2>\n<table><tr><th>Method</th><th>Dataset</th><th>Data</th><th>Train transform</th><th>Test transform</th><th>TTA</th><th>Trained layers</th><th>Optimiser and parameters</th><th>Epochs</th><th>Checkpoint</th></tr>\n");
+        body.push_str("<h2>Protocol (as recorded)</h2>\n<table><tr><th>Method</th><th>Dataset</th><th>Data</th><th>Train transform</th><th>Test transform</th><th>TTA</th><th>Mode</th><th>Trained layers</th><th>Optimiser and parameters</th><th>Epochs</th><th>Checkpoint</th></tr>\n");
         for l in records {
             let r = &l.record;
             let p = &r.protocol;
             let _ = writeln!(
                 body,
-                "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
                 run_page_name(l),
                 esc(&r.method),
                 esc(&r.dataset),
@@ -198,6 +198,7 @@ pub fn table2_body(records: &[&Loaded], reference: &[&ReferenceValue]) -> Result
                 esc(&p.train_transform),
                 esc(&p.eval_transform),
                 esc(&p.tta),
+                p.mode.name(),
                 esc(&p.trained_layers),
                 esc(&p.optimizer),
                 p.epochs,

@@ -156,6 +156,8 @@ fn table2_page_groups_methods_like_the_survey_with_paper_ours_and_delta() {
     // [D,M] one (84.1): delta -10.0.
     assert!(t2.contains("VGG-D + VGG-D") && t2.contains("-10.0"), "{t2}");
     assert!(t2.contains("Deviations from the papers") && t2.contains("instead of resnet50"));
+    // The protocol table shows the recorded feature mode.
+    assert!(t2.contains("<th>Mode</th>") && t2.contains("<td>frozen</td>"), "mode column");
     let index = std::fs::read_to_string(out.join("index.html")).expect("index");
     assert!(index.contains("table2.html"));
 }
