@@ -20,6 +20,43 @@ fn set(v: &mut toml::Value, section: &str, key: &str, value: toml::Value) -> Res
     Ok(())
 }
 
+/// Applies a recipe's `[smoke]` table to the run's recipe `r` (for Tables 2 and 5): `mode` (default
+/// `frozen`) goes to `[model]`, `epochs` (default `default_epochs`) to `[train]`, and every other
+/// key but `params` overrides the `[train]` key of that name, each change recorded as a
+/// deviation naming the paper's value. The paper's `lr_schedule` is replaced by cosine decay over
+/// the smoke epochs unless `[smoke]` sets one. Returns the mode.
+pub fn apply_smoke(r: &mut toml::Value, smoke: Option<&toml::Value>, default_epochs: i64, deviations: &mut Vec<String>) -> Result<String> {
+    let smoke = smoke.and_then(toml::Value::as_table);
+    let get = |k: &str| smoke.and_then(|s| s.get(k));
+    let mode = get("mode").and_then(toml::Value::as_str).unwrap_or("frozen").to_string();
+    set(r, "model", "mode", mode.clone().into())?;
+    let epochs = get("epochs").and_then(toml::Value::as_integer).unwrap_or(default_epochs);
+    let train = r.get_mut("train").and_then(|t| t.as_table_mut()).context("recipe has no [train] table")?;
+    let paper_epochs = train.insert("epochs".into(), epochs.into()).and_then(|v| v.as_integer());
+    if paper_epochs != Some(epochs) {
+        deviations.push(format!("{epochs} epochs instead of the paper's {} (CPU budget)", paper_epochs.map(|e| e.to_string()).unwrap_or_else(|| "?".into())));
+    }
+    if get("lr_schedule").is_none()
+        && let Some(paper) = train.remove("lr_schedule")
+    {
+        let decay = paper.get("decay").and_then(toml::Value::as_str).unwrap_or("?");
+        if decay != "cosine" {
+            deviations.push(format!("cosine decay over the smoke epochs instead of the paper's {decay} schedule ({paper})"));
+        }
+    }
+    for (k, v) in smoke.into_iter().flatten() {
+        if matches!(k.as_str(), "mode" | "epochs" | "params") {
+            continue;
+        }
+        match train.insert(k.clone(), v.clone()) {
+            Some(paper) if paper == *v => {}
+            Some(paper) => deviations.push(format!("train.{k} = {v} instead of the paper's {paper} (CPU budget)")),
+            None => deviations.push(format!("train.{k} = {v} (not set by the paper's recipe)")),
+        }
+    }
+    Ok(mode)
+}
+
 /// Runs every setting of Table 4 for `profile`.
 pub fn table4(ws: &Path, profile: Profile, seeds: usize, device: &str, data_root: &Path) -> Result<()> {
     let (recipe_file, ours): (&str, [u32; 4]) = match profile {
@@ -126,6 +163,48 @@ pub fn recipe_names(ws: &Path, table: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// The recipe of one Table 5 run, as TOML, from a method's recipe file.
+pub fn table5_setting(template: &toml::Value, dataset: &str, profile: Profile, seed: u64) -> Result<toml::Value> {
+    let mut r = template.clone();
+    let smoke = r.as_table_mut().context("recipe is not a table")?.remove("smoke");
+    let mut deviations: Vec<toml::Value> = Vec::new();
+    set(&mut r, "data", "format", toml::Value::String(dataset.to_string()))?;
+    let survey_name = if dataset == "cars" { "Stanford-Cars" } else { "CUB-200-2011" };
+    set(&mut r, "report", "dataset", toml::Value::String(survey_name.into()))?;
+    if let Some(t) = r.get_mut("train").and_then(|t| t.as_table_mut()) {
+        t.insert("seed".into(), toml::Value::Integer(seed as i64));
+    }
+    let paper_bb = template.get("model").and_then(|m| m.get("backbone")).and_then(|b| b.as_str()).unwrap_or("?").to_string();
+    set(&mut r, "report", "paper_backbone", toml::Value::String(paper_bb.clone()))?;
+    if profile == Profile::Smoke {
+        set(&mut r, "model", "backbone", toml::Value::String("efficientnet-lite0".into()))?;
+        deviations.push(format!("EfficientNet-Lite0 (ImageNet) instead of {paper_bb}").into());
+        let (desc, subset) = if dataset == "cars" {
+            ("cars-mini (20 classes: 10 train / 10 test classes)", "cars-mini: 20 of 196 classes, 20 images per class")
+        } else {
+            (
+                "cub-mini (40 classes: 20 train / 20 test classes)",
+                "cub-mini: 40 of 200 classes (classes 1-20 train, 21-40 test), images downscaled to a 256 px shorter side",
+            )
+        };
+        set(&mut r, "data", "description", toml::Value::String(desc.into()))?;
+        deviations.push(subset.into());
+        if r.get("train").is_some() {
+            let mut notes = Vec::new();
+            let mode = apply_smoke(&mut r, smoke.as_ref(), 30, &mut notes)?;
+            if mode == "frozen" {
+                set(&mut r, "train", "views", toml::Value::Integer(3))?;
+                notes.push("feature maps of 3 augmented views per training image cached".into());
+            }
+            deviations.extend(notes.into_iter().map(toml::Value::String));
+        }
+    }
+    if let Some(d) = r.get_mut("report").and_then(|t| t.as_table_mut()).and_then(|t| t.get_mut("deviations")).and_then(|d| d.as_array_mut()) {
+        d.extend(deviations);
+    }
+    Ok(r)
+}
+
 /// Runs Table 5 (content-based retrieval) on CUB-200-2011 and Stanford Cars, or on cub-mini and
 /// cars-mini for the smoke profile. Each dataset's recipes run in one `fgia retrieval` process
 /// so the methods share the backbone's cached feature maps.
@@ -141,38 +220,7 @@ pub fn table5(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[
             let file = format!("recipes/table5/{method}.toml");
             let template: toml::Value = toml::from_str(&std::fs::read_to_string(ws.join(&file))?).with_context(|| format!("{file}: invalid TOML"))?;
             for seed in 0..seeds as u64 {
-                let mut r = template.clone();
-                let mut deviations: Vec<toml::Value> = Vec::new();
-                set(&mut r, "data", "format", toml::Value::String(dataset.to_string()))?;
-                let survey_name = if *dataset == "cars" { "Stanford-Cars" } else { "CUB-200-2011" };
-                set(&mut r, "report", "dataset", toml::Value::String(survey_name.into()))?;
-                if let Some(t) = r.get_mut("train").and_then(|t| t.as_table_mut()) {
-                    t.insert("seed".into(), toml::Value::Integer(seed as i64));
-                }
-                let paper_bb = template.get("model").and_then(|m| m.get("backbone")).and_then(|b| b.as_str()).unwrap_or("?").to_string();
-                set(&mut r, "report", "paper_backbone", toml::Value::String(paper_bb.clone()))?;
-                if profile == Profile::Smoke {
-                    set(&mut r, "model", "backbone", toml::Value::String("efficientnet-lite0".into()))?;
-                    deviations.push(format!("EfficientNet-Lite0 (ImageNet) instead of {paper_bb}").into());
-                    let (desc, subset) = if *dataset == "cars" {
-                        ("cars-mini (20 classes: 10 train / 10 test classes)", "cars-mini: 20 of 196 classes, 20 images per class")
-                    } else {
-                        (
-                            "cub-mini (40 classes: 20 train / 20 test classes)",
-                            "cub-mini: 40 of 200 classes (classes 1-20 train, 21-40 test), images downscaled to a 256 px shorter side",
-                        )
-                    };
-                    set(&mut r, "data", "description", toml::Value::String(desc.into()))?;
-                    deviations.push(subset.into());
-                    if let Some(t) = r.get_mut("train").and_then(|t| t.as_table_mut()) {
-                        t.insert("epochs".into(), toml::Value::Integer(30));
-                        t.insert("views".into(), toml::Value::Integer(3));
-                        deviations.push("30 epochs on feature maps of 3 augmented views per training image".into());
-                    }
-                }
-                if let Some(d) = r.get_mut("report").and_then(|t| t.as_table_mut()).and_then(|t| t.get_mut("deviations")).and_then(|d| d.as_array_mut()) {
-                    d.extend(deviations);
-                }
+                let r = table5_setting(&template, dataset, profile, seed)?;
                 let key = format!("{}-{dataset}-{method}-seed{seed}", profile.name());
                 pending.extend(stage_recipe(&runs, &results, &key, &r)?);
             }
@@ -231,4 +279,63 @@ pub fn table5_smoke_roots(ws: &Path, root: Option<&Path>) -> Result<Vec<(&'stati
         None => println!("cars-mini not found (set FGIA_DATA or place ../shared/data/cars-mini): the smoke runs use cub-mini only"),
     }
     Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table5_settings_train_end_to_end_in_full_and_record_every_smoke_change() {
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace");
+        for m in recipe_names(ws, "table5").expect("recipes/table5") {
+            let text = std::fs::read_to_string(ws.join(format!("recipes/table5/{m}.toml"))).expect("recipe present");
+            let t: toml::Value = toml::from_str(&text).expect("valid TOML");
+            let trained = t.get("train").is_some();
+            let own = t["report"]["deviations"].as_array().map_or(0, Vec::len);
+            for profile in [Profile::Smoke, Profile::Full] {
+                let r = table5_setting(&t, "cars", profile, 2).expect("setting");
+                assert!(r.get("smoke").is_none(), "{m}: [smoke] must not reach the CLI");
+                assert_eq!(r["report"]["dataset"].as_str(), Some("Stanford-Cars"));
+                let devs = r["report"]["deviations"].as_array().expect("deviations").len();
+                match profile {
+                    Profile::Full => {
+                        assert_eq!(devs, own, "{m}: the full profile adds no deviation");
+                        if trained {
+                            assert_eq!(r["model"]["mode"].as_str(), Some("end-to-end"), "{m}: full runs fine-tune end to end");
+                            assert_eq!(r["train"]["seed"].as_integer(), Some(2));
+                        }
+                    }
+                    Profile::Smoke => {
+                        assert_eq!(r["model"]["backbone"].as_str(), Some("efficientnet-lite0"));
+                        if trained {
+                            assert_eq!(r["model"]["mode"].as_str(), Some("frozen"), "{m}");
+                            assert!(r["train"].get("lr_schedule").is_none(), "{m}: smoke decays by cosine");
+                            assert!(devs >= own + 3, "{m}: smoke changes recorded ({devs})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn smoke_overrides_name_the_papers_values() {
+        let mut r: toml::Value = toml::from_str(
+            "[model]\nbackbone = \"resnet50\"\nmode = \"end-to-end\"\n[train]\nepochs = 180\nlr = 0.008\nbatch_size = 16\nlr_schedule = { decay = \"step\", step_size = 60 }",
+        )
+        .expect("toml");
+        let smoke: toml::Value = toml::from_str("mode = \"frozen\"\nepochs = 10\nlr = 0.01\nbatch_size = 16").expect("toml");
+        let mut devs = Vec::new();
+        assert_eq!(apply_smoke(&mut r, Some(&smoke), 20, &mut devs).expect("applies"), "frozen");
+        assert_eq!(r["model"]["mode"].as_str(), Some("frozen"));
+        assert_eq!(r["train"]["epochs"].as_integer(), Some(10));
+        assert_eq!(r["train"]["lr"].as_float(), Some(0.01));
+        assert!(r["train"].get("lr_schedule").is_none());
+        let all = devs.join(" | ");
+        assert!(all.contains("10 epochs instead of the paper's 180"), "{all}");
+        assert!(all.contains("train.lr = 0.01 instead of the paper's 0.008"), "{all}");
+        assert!(all.contains("instead of the paper's step schedule"), "{all}");
+        assert!(!all.contains("batch_size"), "an unchanged value is no deviation: {all}");
+    }
 }

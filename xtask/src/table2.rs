@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::reproduce::{recipe_names, run_recipes, stage_recipe};
+use crate::reproduce::{apply_smoke, recipe_names, run_recipes, stage_recipe};
 use crate::{Profile, cli_binary};
 
 /// Smoke epochs when a recipe's `[smoke]` table sets none.
@@ -69,31 +69,21 @@ pub fn setting(template: &toml::Value, method: &str, format: &str, profile: Prof
         data.insert("description".into(), desc.into());
         deviations.push(subset.into());
         let smoke_t = smoke.as_ref().and_then(|s| s.as_table());
-        let epochs = smoke_t.and_then(|s| s.get("epochs")).and_then(toml::Value::as_integer).unwrap_or(SMOKE_EPOCHS);
-        let mode = smoke_t.and_then(|s| s.get("mode")).and_then(toml::Value::as_str).unwrap_or("frozen").to_string();
-        table(&mut r, "model")?.insert("mode".into(), mode.clone().into());
-        let train = table(&mut r, "train")?;
-        train.insert("epochs".into(), epochs.into());
+        let mode = apply_smoke(&mut r, smoke.as_ref(), SMOKE_EPOCHS, &mut deviations)?;
         if mode == "frozen" {
+            let train = table(&mut r, "train")?;
             train.insert("views".into(), 3.into());
             train.insert("edited_views".into(), 2.into());
-            deviations.push(format!("{epochs} epochs on cached maps of 3 augmented views per training image (CPU budget)"));
-        } else {
-            deviations.push(format!("{epochs} epochs (CPU budget)"));
+            deviations.push("cached maps of 3 augmented views per training image (CPU budget)".into());
         }
-        if let Some(s) = smoke_t {
-            if let Some(lr) = s.get("lr") {
-                table(&mut r, "train")?.insert("lr".into(), lr.clone());
-            }
-            if let Some(p) = s.get("params").and_then(|p| p.as_table()) {
-                let method_t = table(&mut r, "method")?;
-                let params = method_t.entry("params").or_insert_with(|| toml::Value::Table(Default::default()));
-                let params = params.as_table_mut().context("method.params is not a table")?;
-                for (k, v) in p {
-                    let full = params.get(k).map(|x| x.to_string()).unwrap_or_else(|| "default".into());
-                    deviations.push(format!("{k} = {v} instead of {full} (CPU budget)"));
-                    params.insert(k.clone(), v.clone());
-                }
+        if let Some(p) = smoke_t.and_then(|s| s.get("params")).and_then(|p| p.as_table()) {
+            let method_t = table(&mut r, "method")?;
+            let params = method_t.entry("params").or_insert_with(|| toml::Value::Table(Default::default()));
+            let params = params.as_table_mut().context("method.params is not a table")?;
+            for (k, v) in p {
+                let full = params.get(k).map(|x| x.to_string()).unwrap_or_else(|| "default".into());
+                deviations.push(format!("{k} = {v} instead of {full} (CPU budget)"));
+                params.insert(k.clone(), v.clone());
             }
         }
     }
@@ -159,11 +149,17 @@ mod tests {
                 assert_eq!(r["report"]["dataset"].as_str(), Some("Stanford-Cars"));
                 assert_eq!(r["train"]["seed"].as_integer(), Some(1));
                 let devs = r["report"]["deviations"].as_array().expect("deviations").len();
+                let own = t["report"]["deviations"].as_array().map_or(0, Vec::len);
                 if profile == Profile::Smoke {
                     assert_eq!(r["model"]["backbone"].as_str(), Some("efficientnet-lite0"), "{m}");
-                    assert!(devs >= 3, "{m}: smoke changes recorded ({devs})");
+                    assert!(devs >= own + 3, "{m}: smoke changes recorded ({devs})");
+                    assert!(
+                        r["train"].get("lr_schedule").is_none() || t.get("smoke").and_then(|s| s.get("lr_schedule")).is_some(),
+                        "{m}: smoke decays by cosine"
+                    );
                 } else {
-                    assert_eq!(devs, 0, "{m}: the full profile departs from nothing of its own");
+                    assert_eq!(devs, own, "{m}: the full profile adds no deviation to the recipe's own");
+                    assert_eq!(r["model"]["mode"].as_str(), Some("end-to-end"), "{m}: the full profile fine-tunes end to end");
                 }
             }
         }

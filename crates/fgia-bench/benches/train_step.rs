@@ -23,7 +23,7 @@ fn bench(c: &mut Criterion) {
         let mut method = Some(Classifier { net, frozen: 0, input_stage: 0, body_lr_mult: 1.0, head_lr_mult: 10.0, label_smoothing: 0.0 });
         let mut stepper = Stepper::new(&OptimizerSpec::Sgd { momentum: 0.9, nesterov: false, weight_decay: 1e-4 }, 0.0);
         let pixels: Vec<f32> = (0..16 * 3 * 224 * 224).map(|i| ((i * 7919) % 211) as f32 / 105.0 - 1.0).collect();
-        let batch = MapBatch { data: pixels, shape: [16, 3, 224, 224], labels: (0..16).collect(), items: (0..16).collect(), skipped: 0 };
+        let batch = MapBatch { data: pixels, shape: [16, 3, 224, 224], labels: (0..16).collect(), items: (0..16).collect(), skipped: 0, geometry: Vec::new() };
         let input = method.as_ref().expect("built").prepare(batch, &device);
         group.bench_function(format!("{}/b16_224", kind.name()), |b| {
             b.iter(|| {

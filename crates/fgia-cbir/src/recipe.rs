@@ -3,9 +3,11 @@
 use std::path::Path;
 
 use fgia_core::imaging::{Normalize, Transform};
+use fgia_core::record::FeatureMode;
 use fgia_core::retrieval::Distance;
 use fgia_nn::BackboneKind;
 use fgia_train::TrainError;
+use fgia_train::engine::{LrSchedule, OptimizerSpec, engine_checks};
 use fgia_train::recipe::{CachedDataSection, ReportSection};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +52,11 @@ pub struct CbirModel {
     /// Embedding size of the trained methods.
     #[serde(default = "d512")]
     pub embedding_dim: usize,
+    /// `frozen`: the backbone's last maps are cached and only the embedding head trains;
+    /// `end-to-end`: pixels through the whole backbone, every layer trained, augmentation
+    /// drawn afresh every epoch. Unsupervised methods ignore it.
+    #[serde(default)]
+    pub mode: FeatureMode,
 }
 
 fn d512() -> usize {
@@ -66,21 +73,74 @@ pub struct CbirTrain {
     pub classes_per_batch: usize,
     /// Images per class in a batch (`K`).
     pub images_per_class: usize,
-    /// Adam learning rate.
+    /// Learning rate of the embedding layer.
     pub lr: f64,
     /// Learning rate of class weights (proxies, centres), as a multiple of `lr`.
     pub class_weight_lr_mult: f64,
-    /// Decoupled weight decay.
+    /// Learning rate of the backbone (end-to-end mode), as a multiple of `lr`.
+    #[serde(default = "one")]
+    pub backbone_lr_mult: f64,
+    /// The optimiser: `adamw` (decoupled weight decay) or `sgd` (momentum, L2 weight decay).
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// SGD momentum.
+    #[serde(default = "momentum")]
+    pub momentum: f64,
+    /// Weight decay (decoupled for AdamW, added to the gradient for SGD).
     pub weight_decay: f64,
+    /// The learning-rate schedule, per iteration (default: cosine decay over the run).
+    #[serde(default = "LrSchedule::cosine")]
+    pub lr_schedule: LrSchedule,
     /// Seed.
     pub seed: u64,
     /// Augmented views of each training image whose feature maps are cached.
     pub views: usize,
 }
 
+/// The optimiser of a retrieval recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// AdamW, betas (0.9, 0.999).
+    #[default]
+    Adamw,
+    /// SGD with momentum.
+    Sgd,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn momentum() -> f64 {
+    0.9
+}
+
 impl Default for CbirTrain {
     fn default() -> Self {
-        CbirTrain { epochs: 30, classes_per_batch: 8, images_per_class: 4, lr: 1e-3, class_weight_lr_mult: 10.0, weight_decay: 1e-4, seed: 0, views: 4 }
+        CbirTrain {
+            epochs: 30,
+            classes_per_batch: 8,
+            images_per_class: 4,
+            lr: 1e-3,
+            class_weight_lr_mult: 10.0,
+            backbone_lr_mult: 1.0,
+            optimizer: OptimizerKind::Adamw,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            lr_schedule: LrSchedule::cosine(),
+            seed: 0,
+            views: 4,
+        }
+    }
+}
+
+impl CbirTrain {
+    /// The engine's optimiser.
+    pub fn optimizer_spec(&self) -> OptimizerSpec {
+        match self.optimizer {
+            OptimizerKind::Adamw => OptimizerSpec::Adamw { weight_decay: self.weight_decay },
+            OptimizerKind::Sgd => OptimizerSpec::Sgd { momentum: self.momentum, nesterov: false, weight_decay: self.weight_decay },
+        }
     }
 }
 
@@ -154,6 +214,16 @@ impl CbirRecipe {
             }
             if !(t.lr.is_finite() && t.lr > 0.0 && t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
                 return Err(format!("train: lr {} / weight_decay {} out of range", t.lr, t.weight_decay));
+            }
+            if !(t.backbone_lr_mult.is_finite() && t.backbone_lr_mult >= 0.0 && t.class_weight_lr_mult.is_finite() && t.class_weight_lr_mult >= 0.0) {
+                return Err(format!("train: backbone_lr_mult {} / class_weight_lr_mult {} out of range", t.backbone_lr_mult, t.class_weight_lr_mult));
+            }
+            if !(0.0..1.0).contains(&t.momentum) {
+                return Err(format!("train: momentum {} must be in [0, 1)", t.momentum));
+            }
+            engine_checks(&t.lr_schedule)?;
+            if !matches!(self.model.mode, FeatureMode::Frozen | FeatureMode::EndToEnd) {
+                return Err(format!("model.mode '{}': retrieval trains 'frozen' or 'end-to-end'", self.model.mode.name()));
             }
         }
         self.data.validate()?;

@@ -1,6 +1,7 @@
-//! One retrieval run: read the class-disjoint split, extract (SCDA) or train an embedding head
-//! on the frozen backbone's cached feature maps, embed the test classes, post-process, search,
-//! re-rank, evaluate, and write the result record.
+//! One retrieval run: read the class-disjoint split, extract (SCDA) or train an embedding (the
+//! head on the frozen backbone's cached feature maps, or the whole network end to end from
+//! pixels), embed the test classes, post-process, search, re-rank, evaluate, and write the result
+//! record.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,10 +16,10 @@ use fgia_core::record::{FeatureMode, Protocol, ResultRecord, write_json_atomic};
 use fgia_core::retrieval::Distance;
 use fgia_nn::weights::load_network;
 use fgia_nn::{Network, NetworkConfig};
-use fgia_train::engine::{self, EngineSpec, LrSchedule, OptimizerSpec, ParamGroup, RunIo, Sampler, StepLoss, TrainMethod, Trained, open_run_dir};
+use fgia_train::engine::{self, EngineSpec, ParamGroup, RunIo, Sampler, StepLoss, TrainMethod, Trained, open_run_dir};
 use fgia_train::frozen_cache::FrozenCache;
 use fgia_train::recipe::describe_transform;
-use fgia_train::sources::{CachedSource, MapBatch};
+use fgia_train::sources::{CachedSource, ImageSource, MapBatch};
 use fgia_train::{RunContext, TrainError};
 
 use crate::Method;
@@ -99,12 +100,16 @@ fn batch_nearest_hits(emb: &[f32], dim: usize, labels: &[usize]) -> usize {
         .count()
 }
 
-/// A retrieval method as the engine trains it: the embedding head and the method's loss; two
-/// parameter groups, the embedding layer and the class weights (proxies, centres), which learn
-/// `class_weight_lr_mult` times faster as in the proxy-based papers. The training "top-1" is
-/// the share of batch items whose nearest batch neighbour has their class.
+/// A retrieval method as the engine trains it: the embedding head and the method's loss, and in
+/// end-to-end mode the backbone, trained live from pixels. Parameter groups: the embedding
+/// layer at the base learning rate; the class weights (proxies, centres) at
+/// `class_weight_lr_mult` times it, as in the proxy-based papers; the live backbone at
+/// `backbone_lr_mult` times it. The training "top-1" is the share of batch items whose nearest
+/// other batch item has their class.
 #[derive(Module, Debug)]
 pub struct Embedder<B: Backend> {
+    /// The live backbone (end-to-end mode); `None` when the maps come from the cache.
+    pub live: Option<Network<B>>,
     /// The head.
     pub head: EmbeddingHead<B>,
     /// The method (its loss and pooling).
@@ -112,6 +117,23 @@ pub struct Embedder<B: Backend> {
     pub method: Method,
     /// Learning-rate multiplier of the class weights.
     pub class_weight_lr_mult: f64,
+    /// Learning-rate multiplier of the live backbone.
+    pub backbone_lr_mult: f64,
+}
+
+impl<B: Backend> Embedder<B> {
+    /// Embeddings of a batch: cached maps `[B, C, h, w]`, or in end-to-end mode pixels
+    /// `[B, 3, H, W]` through the live backbone first.
+    ///
+    /// # Shapes
+    /// to `[B, D]`.
+    pub fn embed(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let maps = match &self.live {
+            Some(net) => net.features(x),
+            None => x,
+        };
+        self.head.forward(maps, self.method.pooling())
+    }
 }
 
 impl<B: AutodiffBackend> TrainMethod<B> for Embedder<B> {
@@ -119,18 +141,19 @@ impl<B: AutodiffBackend> TrainMethod<B> for Embedder<B> {
     type Input = (Tensor<B, 4>, Vec<usize>);
 
     fn prepare(&self, b: MapBatch, device: &B::Device) -> Self::Input {
-        (Tensor::<B, 4>::from_data(TensorData::new(b.data, b.shape), device), b.labels) // [B, C, h, w]
+        (Tensor::<B, 4>::from_data(TensorData::new(b.data, b.shape), device), b.labels) // [B, C, h, w] maps or [B, 3, H, W] pixels
     }
 
     fn loss(&self, (x, labels): &Self::Input, _step: usize) -> StepLoss<B> {
-        let emb = self.head.forward(x.clone(), self.method.pooling()); // [B, D]
+        let emb = self.embed(x.clone()); // [B, D]
         let loss = loss_of(self.method, &self.head, emb.clone(), labels);
         let dim = emb.dims()[1];
         let e: Vec<f32> = emb.into_data().convert::<f32>().to_vec().unwrap_or_default();
         StepLoss { loss, hits: Some(batch_nearest_hits(&e, dim, labels)) }
     }
 
-    fn param_groups(&self, grads: B::Gradients) -> Vec<ParamGroup> {
+    fn param_groups(&self, mut grads: B::Gradients) -> Vec<ParamGroup> {
+        let backbone = self.live.as_ref().map(|net| GradientsParams::from_module(&mut grads, net));
         let mut main = GradientsParams::from_grads(grads, self);
         let mut groups = Vec::new();
         if let Some(p) = &self.head.class_weights {
@@ -143,71 +166,123 @@ impl<B: AutodiffBackend> TrainMethod<B> for Embedder<B> {
         } else {
             groups.push(ParamGroup { name: "embedding", lr_mult: 1.0, grads: main });
         }
+        if let Some(b) = backbone {
+            groups.push(ParamGroup { name: "backbone", lr_mult: self.backbone_lr_mult, grads: b });
+        }
         groups
     }
 }
 
-/// The engine settings of a retrieval recipe: AdamW, cosine decay per iteration, class-balanced
-/// batches.
+/// The engine settings of a retrieval recipe: the recipe's optimiser (AdamW by default) and
+/// per-iteration schedule (cosine by default), class-balanced batches.
 pub fn engine_spec(recipe: &CbirRecipe) -> EngineSpec {
     let t = &recipe.train;
     EngineSpec {
         epochs: t.epochs,
         lr: t.lr,
-        optimizer: OptimizerSpec::Adamw { weight_decay: t.weight_decay },
-        schedule: LrSchedule::cosine(),
+        optimizer: t.optimizer_spec(),
+        schedule: t.lr_schedule.clone(),
         clip_grad_norm: 0.0,
         seed: t.seed,
         sampler: Sampler::ClassBalanced { p: t.classes_per_batch, k: t.images_per_class },
     }
 }
 
+/// Where the embedder's training batches come from.
+enum Feed<'a> {
+    /// The frozen backbone's cached last maps.
+    Cached(&'a FrozenCache),
+    /// Pixels, decoded and augmented afresh every epoch, through a live backbone.
+    Live(&'a Dataset),
+}
+
+/// Trains the embedder and embeds the test images and the training images (the latter for
+/// PCA-whitening): on cached maps in frozen mode (one cached view of each training image), on
+/// centre crops in end-to-end mode.
 #[allow(clippy::too_many_arguments)]
-fn train_head<B: AutodiffBackend>(
+fn train_embedder<B: AutodiffBackend>(
     recipe: &CbirRecipe,
-    cache: &FrozenCache,
+    feed: Feed<'_>,
+    live: Option<Network<B>>,
+    channels: usize,
     train_labels: &[usize],
     test_labels: &[usize],
     num_train_classes: usize,
+    ctx: &RunContext,
     io: &RunIo,
     device: &B::Device,
 ) -> Result<Option<Embedded>, TrainError> {
     let t = &recipe.train;
     let method = recipe.method.name;
     B::seed(device, t.seed);
-    let channels = cache.shape[0];
-    let [_, h, w] = cache.shape;
     let head: EmbeddingHead<B> = EmbeddingHeadConfig::new(channels, recipe.model.embedding_dim)
         .with_classes(if method.has_class_weights() { num_train_classes } else { 0 })
         .init(device);
     let dim = recipe.model.embedding_dim;
-    let model = Embedder { head, method, class_weight_lr_mult: t.class_weight_lr_mult };
-    let source = CachedSource { cache, labels: train_labels.to_vec(), seed: t.seed };
-    let model = match engine::train(&engine_spec(recipe), io, model, &source, None, device)? {
+    let model = Embedder { live, head, method, class_weight_lr_mult: t.class_weight_lr_mult, backbone_lr_mult: t.backbone_lr_mult };
+    let trained = match &feed {
+        Feed::Cached(cache) => {
+            let source = CachedSource { cache, labels: train_labels.to_vec(), seed: t.seed };
+            engine::train(&engine_spec(recipe), io, model, &source, None, device)?
+        }
+        Feed::Live(ds) => {
+            // The batches carry the records' labels: give them the training-class indices.
+            let records: Vec<_> = ds.train.iter().zip(train_labels).map(|(r, &label)| fgia_core::datasets::Record { label, ..r.clone() }).collect();
+            let source = ImageSource::new(&records, recipe.train_transform(), t.seed, recipe.data.skip_bad);
+            engine::train(&engine_spec(recipe), io, model, &source, None, device)?
+        }
+    };
+    let model = match trained {
         Trained::Finished { method, .. } => method,
         Trained::Stopped { .. } => return Ok(None),
     };
-
-    // Embeddings: the test maps, and one view of each training image (for PCA-whitening).
-    let inner = model.head.valid();
-    let embed_maps = |maps: Vec<f32>, n: usize| -> Vec<f32> {
-        let x = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(maps, [n, channels, h, w]), device);
-        inner.forward(x, method.pooling()).into_data().convert::<f32>().to_vec().unwrap_or_default()
+    let inner = model.valid();
+    let embed = |data: Vec<f32>, shape: [usize; 4]| -> Vec<f32> {
+        let x = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(data, shape), device);
+        inner.embed(x).into_data().convert::<f32>().to_vec().unwrap_or_default()
     };
-    let mut test = Vec::new();
-    let mut kept_test_labels = Vec::new();
-    for chunk in (0..test_labels.len()).collect::<Vec<_>>().chunks(64) {
-        let (maps, kept) = cache.test_batch(chunk, false);
-        if !kept.is_empty() {
-            test.extend(embed_maps(maps, kept.len()));
-            kept_test_labels.extend(kept.iter().map(|&k| test_labels[chunk[k]]));
+    let (mut train, mut test, mut kept_test_labels) = (Vec::new(), Vec::new(), Vec::new());
+    match &feed {
+        Feed::Cached(cache) => {
+            let [c, h, w] = cache.shape;
+            for chunk in (0..test_labels.len()).collect::<Vec<_>>().chunks(64) {
+                let (maps, kept) = cache.test_batch(chunk, false);
+                if !kept.is_empty() {
+                    test.extend(embed(maps, [kept.len(), c, h, w]));
+                    kept_test_labels.extend(kept.iter().map(|&k| test_labels[chunk[k]]));
+                }
+            }
+            for chunk in (0..train_labels.len()).collect::<Vec<_>>().chunks(64) {
+                let (maps, kept) = cache.train_batch(chunk, t.seed, 0);
+                if !kept.is_empty() {
+                    train.extend(embed(maps, [kept.len(), c, h, w]));
+                }
+            }
         }
-    }
-    let mut train = Vec::new();
-    for chunk in (0..train_labels.len()).collect::<Vec<_>>().chunks(64) {
-        let (maps, kept) = cache.train_batch(chunk, t.seed, 0);
-        if !kept.is_empty() {
-            train.extend(embed_maps(maps, kept.len()));
+        Feed::Live(ds) => {
+            let transform = recipe.eval_transform();
+            let side = transform.crop as usize;
+            let images = |records: &[fgia_core::datasets::Record], out: &mut Vec<f32>, labels: Option<&mut Vec<usize>>| -> Result<(), TrainError> {
+                let mut kept_labels = Vec::new();
+                let bar = engine::progress_bar(ctx.progress, records.len() as u64, "embed");
+                for chunk in (0..records.len()).collect::<Vec<_>>().chunks(32) {
+                    let b = fgia_core::imaging::load_batch(records, chunk, &transform, 0, 0, recipe.data.skip_bad)?;
+                    if !b.labels.is_empty() {
+                        out.extend(embed(b.pixels, [b.labels.len(), 3, side, side]));
+                        kept_labels.extend(b.labels);
+                    }
+                    bar.inc(chunk.len() as u64);
+                }
+                bar.finish_and_clear();
+                if let Some(l) = labels {
+                    *l = kept_labels;
+                }
+                Ok(())
+            };
+            images(&ds.test, &mut test, Some(&mut kept_test_labels))?;
+            if recipe.eval.pca_whiten > 0 {
+                images(&ds.train, &mut train, None)?;
+            }
         }
     }
     Ok(Some(Embedded { train, test, test_labels: kept_test_labels, dim }))
@@ -280,28 +355,33 @@ pub fn run_recipe<B: AutodiffBackend>(
     let net: Network<B::InnerBackend> = build_backbone(recipe, ctx.pretrained_weights()?, device)?;
     let method = recipe.method.name;
     let mut deviations = recipe.report.deviations.clone();
-    let (trained_layers, epochs, batch, optimizer, tta);
+    let (trained_layers, epochs, batch, optimizer, tta, mode);
     let metrics = if method.is_trained() {
         let t = &recipe.train;
-        let key = format!("{}|{}|{}|{}|{}|{}", recipe.model.backbone, ds.root.display(), recipe.data.crop, recipe.data.resize, t.views, t.seed);
-        if !caches.iter().any(|c| c.key == key) {
-            let cache = FrozenCache::build(
-                &net,
-                net.num_stages(),
-                t.views,
-                &ds.train,
-                &recipe.train_transform(),
-                &ds.test,
-                &recipe.eval_transform(),
-                false,
-                t.seed,
-                recipe.data.skip_bad,
-                device,
-                ctx.progress,
-            )?;
-            caches.push(SharedCache { key: key.clone(), cache });
-        }
-        let cache = &caches.iter().find(|c| c.key == key).expect("just inserted").cache;
+        let end_to_end = recipe.model.mode == FeatureMode::EndToEnd;
+        let feed = if end_to_end {
+            Feed::Live(&ds)
+        } else {
+            let key = format!("{}|{}|{}|{}|{}|{}", recipe.model.backbone, ds.root.display(), recipe.data.crop, recipe.data.resize, t.views, t.seed);
+            if !caches.iter().any(|c| c.key == key) {
+                let cache = FrozenCache::build(
+                    &net,
+                    net.num_stages(),
+                    t.views,
+                    &ds.train,
+                    &recipe.train_transform(),
+                    &ds.test,
+                    &recipe.eval_transform(),
+                    false,
+                    t.seed,
+                    recipe.data.skip_bad,
+                    device,
+                    ctx.progress,
+                )?;
+                caches.push(SharedCache { key: key.clone(), cache });
+            }
+            Feed::Cached(&caches.iter().find(|c| c.key == key).expect("just inserted").cache)
+        };
         let train_labels: Vec<usize> = ds.train.iter().map(|r| r.label).collect();
         let test_labels: Vec<usize> = ds.test.iter().map(|r| r.label).collect();
         // Class weights are indexed by training class: remap labels to 0..n_train.
@@ -310,20 +390,39 @@ pub fn run_recipe<B: AutodiffBackend>(
         train_classes.dedup();
         let local: Vec<usize> = train_labels.iter().map(|l| train_classes.binary_search(l).expect("present")).collect();
         let io = ctx.io(method.name());
-        let Some(emb) = train_head::<B>(recipe, cache, &local, &test_labels, train_classes.len(), &io, device)? else {
+        let live = if end_to_end { Some(build_backbone::<B>(recipe, ctx.pretrained_weights()?, device)?) } else { None };
+        // Channels of the maps the head reads: the cache's, or the live backbone's last map.
+        let channels = match &feed {
+            Feed::Cached(cache) => cache.shape[0],
+            Feed::Live(_) => net.feature_dim(),
+        };
+        let Some(emb) = train_embedder::<B>(recipe, feed, live, channels, &local, &test_labels, train_classes.len(), ctx, &io, device)? else {
             return Ok(None);
         };
-        deviations.push(format!(
-            "backbone frozen at its ImageNet weights: only the embedding head (avg+max pooling, linear {} -> {}{}) is trained, on feature maps cached for {} augmented views per training image",
-            2 * cache.shape[0],
+        let head = format!(
+            "avg+max pooling, linear {} -> {}{}",
+            2 * channels,
             emb.dim,
-            if method.has_class_weights() { ", plus one weight vector per training class" } else { "" },
-            t.views
-        ));
-        trained_layers = "embedding head only (backbone frozen)".to_string();
+            if method.has_class_weights() { ", plus one weight vector per training class" } else { "" }
+        );
+        if end_to_end {
+            trained_layers = format!("every layer: the backbone and the embedding head ({head})");
+        } else {
+            deviations.push(format!(
+                "backbone frozen at its ImageNet weights: only the embedding head ({head}) is trained, on feature maps cached for {} augmented views per training image",
+                t.views
+            ));
+            trained_layers = "embedding head only (backbone frozen)".to_string();
+        }
+        mode = recipe.model.mode;
         epochs = t.epochs;
         batch = t.classes_per_batch * t.images_per_class;
-        optimizer = format!("{}; class weights at {}x lr", engine_spec(recipe).describe(), t.class_weight_lr_mult);
+        optimizer = format!(
+            "{}; class weights at {}x lr{}",
+            engine_spec(recipe).describe(),
+            t.class_weight_lr_mult,
+            if end_to_end { format!("; backbone at {}x lr", t.backbone_lr_mult) } else { String::new() }
+        );
         tta = "none".to_string();
         evaluate_embeddings(recipe, &emb.train, &emb.test, emb.dim, &emb.test_labels)?
     } else {
@@ -336,6 +435,7 @@ pub fn run_recipe<B: AutodiffBackend>(
         };
         let labels: Vec<usize> = test.kept.iter().map(|&i| ds.test[i].label).collect();
         trained_layers = "none (unsupervised: ImageNet features)".into();
+        mode = FeatureMode::Untrained;
         epochs = 0;
         batch = 0;
         optimizer = "none".into();
@@ -371,7 +471,7 @@ pub fn run_recipe<B: AutodiffBackend>(
             batch_size: batch,
             optimizer,
             trained_layers,
-            mode: if method.is_trained() { FeatureMode::Frozen } else { FeatureMode::Untrained },
+            mode,
             trained_from_stage: None,
         },
         seed: recipe.train.seed,

@@ -69,6 +69,42 @@ pub enum CropMode {
     Random,
 }
 
+/// Where a transformed view's pixels come from: the map from source-image coordinates to
+/// coordinates in the `crop x crop` output, so that boxes and part locations follow the
+/// augmentation. Coordinates are continuous, pixel `i` spanning `[i, i + 1)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ViewGeometry {
+    /// Origin of the used source region (box crop), in source pixels.
+    pub origin: (f32, f32),
+    /// Scale from source to resized pixels, horizontally and vertically.
+    pub scale: (f32, f32),
+    /// Top-left corner of the crop in the resized image.
+    pub offset: (f32, f32),
+    /// Side of the output.
+    pub crop: f32,
+    /// Mirrored horizontally.
+    pub flipped: bool,
+}
+
+impl ViewGeometry {
+    /// A source point `(x, y)` in output coordinates (it may fall outside `[0, crop)`).
+    pub fn map_point(&self, x: f32, y: f32) -> (f32, f32) {
+        let u = (x - self.origin.0) * self.scale.0 - self.offset.0;
+        let v = (y - self.origin.1) * self.scale.1 - self.offset.1;
+        (if self.flipped { self.crop - u } else { u }, v)
+    }
+
+    /// A source box in output coordinates, clipped to the view; `None` when nothing of it is
+    /// in the view.
+    pub fn map_box(&self, b: BBox) -> Option<BBox> {
+        let (x0, y0) = self.map_point(b.x, b.y);
+        let (x1, y1) = self.map_point(b.x + b.w, b.y + b.h);
+        let (l, r) = (x0.min(x1).max(0.0), x0.max(x1).min(self.crop));
+        let (t, btm) = (y0.min(y1).max(0.0), y0.max(y1).min(self.crop));
+        (r > l && btm > t).then_some(BBox { x: l, y: t, w: r - l, h: btm - t })
+    }
+}
+
 /// One image transform, as recorded in a run's protocol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transform {
@@ -104,8 +140,8 @@ impl Transform {
 
     /// Applies the transform to a decoded image, writing `[3, crop, crop]` floats into `out`.
     /// `trim_bottom` rows are dropped first (FGVC-Aircraft's banner); `bbox` is used when
-    /// [`Transform::box_crop`] is set.
-    pub fn apply(&self, img: &RgbImage, trim_bottom: u32, bbox: Option<BBox>, rng: &mut SplitMix64, out: &mut [f32]) {
+    /// [`Transform::box_crop`] is set. Returns where the view lies in the source image.
+    pub fn apply(&self, img: &RgbImage, trim_bottom: u32, bbox: Option<BBox>, rng: &mut SplitMix64, out: &mut [f32]) -> ViewGeometry {
         assert_eq!(out.len(), self.output_len(), "output buffer has the wrong size");
         let (w, h) = img.dimensions();
         let h = h.saturating_sub(trim_bottom).max(1);
@@ -141,6 +177,7 @@ impl Transform {
             resized
         };
         let (iw, ih) = resized.dimensions();
+        let scale = (iw as f32 / rw as f32, ih as f32 / rh as f32);
         let c = self.crop;
         let (cx, cy) = match self.crop_mode {
             CropMode::Center => ((iw - c) / 2, (ih - c) / 2),
@@ -161,6 +198,7 @@ impl Transform {
                 }
             }
         }
+        ViewGeometry { origin: (x0 as f32, y0 as f32), scale, offset: (cx as f32, cy as f32), crop: c as f32, flipped: flip }
     }
 }
 
@@ -187,6 +225,9 @@ pub struct Batch {
     pub labels: Vec<usize>,
     /// Indices (into the record list) of the images in the batch.
     pub indices: Vec<usize>,
+    /// Where each view lies in its source image (to carry boxes and parts), parallel to the
+    /// images.
+    pub geometry: Vec<ViewGeometry>,
     /// Images that could not be decoded and were skipped (with `skip_bad`).
     pub skipped: Vec<DataError>,
 }
@@ -197,26 +238,28 @@ pub struct Batch {
 /// error naming the file, or with `skip_bad` a skipped entry of the batch.
 pub fn load_batch(records: &[Record], indices: &[usize], transform: &Transform, seed: u64, epoch: u64, skip_bad: bool) -> Result<Batch> {
     let n = transform.output_len();
-    let results: Vec<(usize, Result<Vec<f32>>)> = indices
+    type Loaded = Result<(Vec<f32>, ViewGeometry)>;
+    let results: Vec<(usize, Loaded)> = indices
         .par_iter()
         .map(|&i| {
             let rec = &records[i];
             let r = load_rgb(&rec.path).map(|img| {
                 let mut out = vec![0f32; n];
                 let mut rng = SplitMix64::for_item(seed, epoch, i as u64);
-                transform.apply(&img, rec.trim_bottom, rec.bbox, &mut rng, &mut out);
-                out
+                let g = transform.apply(&img, rec.trim_bottom, rec.bbox, &mut rng, &mut out);
+                (out, g)
             });
             (i, r)
         })
         .collect();
-    let mut batch = Batch { pixels: Vec::with_capacity(n * indices.len()), labels: Vec::new(), indices: Vec::new(), skipped: Vec::new() };
+    let mut batch = Batch { pixels: Vec::with_capacity(n * indices.len()), labels: Vec::new(), indices: Vec::new(), geometry: Vec::new(), skipped: Vec::new() };
     for (i, r) in results {
         match r {
-            Ok(px) => {
+            Ok((px, g)) => {
                 batch.pixels.extend_from_slice(&px);
                 batch.labels.push(records[i].label);
                 batch.indices.push(i);
+                batch.geometry.push(g);
             }
             Err(e) if skip_bad => batch.skipped.push(e),
             Err(e) => return Err(e),
@@ -316,6 +359,37 @@ mod tests {
         for x in 0..24 {
             assert_eq!(plain[x], flipped[23 - x]);
         }
+    }
+
+    #[test]
+    fn view_geometry_carries_a_part_and_a_box_through_crop_resize_and_flip() {
+        // A white 4x4 dot on black at source (150..154, 30..34); a box around it.
+        let img: RgbImage = ImageBuffer::from_fn(200, 120, |x, y| if (150..154).contains(&x) && (30..34).contains(&y) { Rgb([255; 3]) } else { Rgb([0; 3]) });
+        let mut t = Transform::train(90, 64, Normalize::Symmetric127);
+        let mut seen = (0, 0);
+        for seed in 0..40 {
+            let mut out = vec![0.0; t.output_len()];
+            let g = t.apply(&img, 0, None, &mut SplitMix64::for_item(seed, 0, 0), &mut out);
+            let (u, v) = g.map_point(152.0, 32.0);
+            let brightest = (0..64 * 64).max_by(|&a, &b| out[a].total_cmp(&out[b])).expect("pixels");
+            let (bx, by) = ((brightest % 64) as f32 + 0.5, (brightest / 64) as f32 + 0.5);
+            if (0.0..64.0).contains(&u) && (0.0..64.0).contains(&v) {
+                assert!((bx - u).abs() <= 1.0 && (by - v).abs() <= 1.0, "seed {seed}: dot at ({bx}, {by}), mapped to ({u}, {v}), {g:?}");
+                let b = g.map_box(BBox { x: 146.0, y: 26.0, w: 12.0, h: 12.0 }).expect("the box holds the visible dot");
+                assert!(b.x <= bx && bx <= b.x + b.w && b.y <= by && by <= b.y + b.h, "{b:?}");
+                seen.0 += 1;
+                seen.1 += usize::from(g.flipped);
+            } else if g.map_box(BBox { x: 150.0, y: 30.0, w: 4.0, h: 4.0 }).is_none() {
+                assert!(out[brightest] < 0.5, "seed {seed}: the dot is out of view, yet a bright pixel at ({bx}, {by})");
+            }
+        }
+        assert!(seen.0 >= 5 && seen.1 >= 1, "views with the dot (flipped): {seen:?}");
+        // A box crop moves the origin.
+        t.box_crop = true;
+        let mut out = vec![0.0; t.output_len()];
+        let g = t.apply(&img, 0, Some(BBox { x: 120.0, y: 10.0, w: 60.0, h: 60.0 }), &mut SplitMix64::new(3), &mut out);
+        assert_eq!(g.origin, (120.0, 10.0));
+        assert!(g.map_box(BBox { x: 0.0, y: 0.0, w: 10.0, h: 10.0 }).is_none(), "a box outside the crop maps to nothing");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use fgia_core::imaging::{Normalize, Transform};
 use fgia_core::record::FeatureMode;
 use fgia_nn::BackboneKind;
 use fgia_train::TrainError;
+use fgia_train::engine::{LrSchedule, engine_checks};
 use fgia_train::recipe::{CachedDataSection, ReportSection};
 use serde::{Deserialize, Serialize};
 
@@ -75,18 +76,24 @@ pub struct EncodingTrain {
     /// Images per class for the class-balanced methods (`K`).
     #[serde(default = "four")]
     pub images_per_class: usize,
-    /// SGD learning rate of the method's layers (cosine decay over the run).
+    /// SGD learning rate of the method's layers.
     pub lr: f64,
+    /// The learning-rate schedule, per iteration (default: cosine decay over the run, no
+    /// warm-up), e.g. `lr_schedule = { decay = "step", step_size = 60, gamma = 0.1 }`.
+    #[serde(default = "LrSchedule::cosine")]
+    pub lr_schedule: LrSchedule,
     /// Learning rate of a fine-tuned backbone stage, as a multiple of `lr`.
     #[serde(default = "tenth")]
     pub backbone_lr_mult: f64,
     /// SGD momentum.
     #[serde(default = "momentum")]
     pub momentum: f64,
+    /// Nesterov momentum.
+    #[serde(default)]
+    pub nesterov: bool,
     /// Weight decay.
     pub weight_decay: f64,
-    /// Clip the global gradient norm of the method's layers (and, separately, of a fine-tuned
-    /// stage) to this; 0 = no clipping.
+    /// Clip the global gradient norm (over every parameter group) to this; 0 = no clipping.
     #[serde(default)]
     pub clip_grad_norm: f64,
     /// Seed.
@@ -224,6 +231,7 @@ impl EncodingRecipe {
         if !(0.0..1.0).contains(&t.momentum) {
             return Err(format!("train: momentum {} must be in [0, 1)", t.momentum));
         }
+        engine_checks(&t.lr_schedule)?;
         self.data.validate()?;
         if !matches!(self.model.mode, FeatureMode::Frozen | FeatureMode::EndToEnd) {
             return Err(format!("model.mode '{}': feature encoding trains 'frozen' or 'end-to-end'", self.model.mode.name()));

@@ -17,9 +17,7 @@ use fgia_core::record::{EpochMetrics, FeatureMode, Protocol, ResultRecord, write
 use fgia_core::rng::SplitMix64;
 use fgia_nn::weights::load_network;
 use fgia_nn::{Network, NetworkConfig};
-use fgia_train::engine::{
-    self, BatchSource, EngineSpec, HostBatch, LrSchedule, OptimizerSpec, ParamGroup, RunIo, Sampler, StepLoss, TrainMethod, open_run_dir,
-};
+use fgia_train::engine::{self, BatchSource, EngineSpec, HostBatch, OptimizerSpec, ParamGroup, RunIo, Sampler, StepLoss, TrainMethod, open_run_dir};
 use fgia_train::eval::{EvalOutput, tta_probabilities};
 use fgia_train::frozen_cache::{CacheSpec, FrozenCache};
 use fgia_train::recipe::describe_transform;
@@ -122,14 +120,35 @@ pub fn dataset(r: &EncodingRecipe, root_override: Option<&Path>) -> Result<Datas
 }
 
 /// Channels of the maps of `stages`, from a probe of the network at the recipe's size.
-fn stage_channels<B: Backend>(net: &Network<B>, crop: usize, device: &B::Device) -> Vec<usize> {
+/// Channels and side of every stage's map, from a probe of the network at the recipe's size.
+fn stage_shapes<B: Backend>(net: &Network<B>, crop: usize, device: &B::Device) -> Vec<(usize, usize)> {
     let mut x = Tensor::<B, 4>::zeros([1, 3, crop, crop], device);
     let mut out = Vec::new();
     for s in 0..net.num_stages() {
         x = net.forward_stage(s, x);
-        out.push(x.dims()[1]);
+        out.push((x.dims()[1], x.dims()[2]));
     }
     out
+}
+
+/// Checks what only the network's map sizes tell: DCL pools the last map to `N x N` regions,
+/// so the map must have at least `N` positions per side.
+fn check_map_sizes(r: &EncodingRecipe, shapes: &[(usize, usize)], path: &Path) -> Result<(), TrainError> {
+    let f = r.model.feature_stage;
+    if r.method.name == Method::Dcl {
+        let n = r.params().count("regions");
+        let side = shapes[f].1;
+        if side < n {
+            return Err(TrainError::Recipe {
+                path: path.to_path_buf(),
+                message: format!(
+                    "method.params.regions = {n} needs a feature map of at least {n}x{n} at stage {f}; data.crop {} gives {side}x{side} (raise data.crop or lower regions)",
+                    r.data.crop
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One training batch before it becomes tensors: cached maps (frozen mode) or pixels
@@ -468,15 +487,15 @@ impl BatchSource for LiveBatches<'_> {
     }
 }
 
-/// The engine settings of an encoding recipe: SGD with momentum, cosine decay per iteration,
-/// one global-norm clipping, shuffled or class-balanced batches.
+/// The engine settings of an encoding recipe: SGD with momentum, the recipe's per-iteration
+/// schedule, one global-norm clipping, shuffled or class-balanced batches.
 pub fn engine_spec(r: &EncodingRecipe) -> EngineSpec {
     let t = &r.train;
     EngineSpec {
         epochs: t.epochs,
         lr: t.lr,
-        optimizer: OptimizerSpec::Sgd { momentum: t.momentum, nesterov: false, weight_decay: t.weight_decay },
-        schedule: LrSchedule::cosine(),
+        optimizer: OptimizerSpec::Sgd { momentum: t.momentum, nesterov: t.nesterov, weight_decay: t.weight_decay },
+        schedule: t.lr_schedule.clone(),
         clip_grad_norm: t.clip_grad_norm,
         seed: t.seed,
         sampler: if r.method.name.class_balanced_batches() {
@@ -624,7 +643,9 @@ pub fn run_recipe<B: AutodiffBackend>(
     let method = r.method.name;
     let f = r.model.feature_stage;
     let params = r.params();
-    let channels = stage_channels(&net_inner, r.data.crop as usize, device);
+    let shapes = stage_shapes(&net_inner, r.data.crop as usize, device);
+    check_map_sizes(r, &shapes, &run_dir.join("recipe.toml"))?;
+    let channels: Vec<usize> = shapes.iter().map(|s| s.0).collect();
     let edits = method.edits(f, &params);
     let end_to_end = r.model.mode == FeatureMode::EndToEnd;
     let mut edited: Vec<(Edit, &FrozenCache)> = Vec::new();

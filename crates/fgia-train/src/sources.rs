@@ -3,7 +3,7 @@
 //! `[n, C, H, W]` floats and labels, pixels or maps alike.
 
 use fgia_core::datasets::Record;
-use fgia_core::imaging::{Transform, load_batch};
+use fgia_core::imaging::{Transform, ViewGeometry, load_batch};
 
 use crate::engine::{BatchSource, HostBatch};
 use crate::error::TrainError;
@@ -22,6 +22,10 @@ pub struct MapBatch {
     pub items: Vec<usize>,
     /// Items of the planned batch that were skipped.
     pub skipped: usize,
+    /// For pixel batches, where each view lies in its source image, parallel to the items:
+    /// a method that needs boxes or parts maps its records' annotations with
+    /// [`ViewGeometry::map_box`] / [`ViewGeometry::map_point`]. Empty for cached maps.
+    pub geometry: Vec<ViewGeometry>,
 }
 
 impl HostBatch for MapBatch {
@@ -69,7 +73,7 @@ impl<'a> ImageSource<'a> {
             }
         }
         let n = batch.labels.len();
-        Ok(MapBatch { data, shape: [n, 3, c, c], labels: batch.labels, items: batch.indices, skipped: batch.skipped.len() })
+        Ok(MapBatch { data, shape: [n, 3, c, c], labels: batch.labels, items: batch.indices, skipped: batch.skipped.len(), geometry: batch.geometry })
     }
 }
 
@@ -108,6 +112,6 @@ impl BatchSource for CachedSource<'_> {
         let skipped = items.len() - kept.len();
         let items: Vec<usize> = kept.iter().map(|&k| items[k]).collect();
         let n = items.len();
-        Ok(MapBatch { data, shape: [n, c, h, w], labels: items.iter().map(|&i| self.labels[i]).collect(), skipped, items })
+        Ok(MapBatch { data, shape: [n, c, h, w], labels: items.iter().map(|&i| self.labels[i]).collect(), skipped, items, geometry: Vec::new() })
     }
 }

@@ -207,6 +207,43 @@ fn retrieval_runs_scda_and_trained_methods() {
     assert!(out.contains("R@1"), "{out}");
 }
 
+/// `fgia retrieval` in end-to-end mode: pixels through the live backbone, every layer trained;
+/// its record differs from the frozen run's in the mode, the trained layers and the numbers,
+/// and carries no frozen-backbone deviation.
+#[test]
+fn retrieval_end_to_end_trains_the_backbone() {
+    let Some(weights) = lite0_weights("retrieval_end_to_end_trains_the_backbone") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("cub");
+    fgia_core::testing::write_tiny_cub(&data, 8, 4, 2, 72);
+    let (runs, results) = (dir.path().join("runs"), dir.path().join("results"));
+    let mut args: Vec<String> = vec!["retrieval".into(), "--quiet".into(), "--weights".into(), weights.display().to_string()];
+    for (name, mode) in [("frozen", "frozen"), ("e2e", "end-to-end")] {
+        let recipe = retrieval_recipe("triplet")
+            .replace("embedding_dim = 32", &format!("embedding_dim = 32\nmode = \"{mode}\""))
+            .replace("weight_decay = 1e-4", "weight_decay = 1e-4\nbackbone_lr_mult = 0.1\nlr_schedule = { decay = \"step\", step_size = 2, gamma = 0.5 }");
+        let p = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&p, recipe).expect("recipe");
+        args.extend(["--recipe".into(), p.display().to_string()]);
+    }
+    args.extend(["--runs-dir".into(), runs.display().to_string(), "--results-dir".into(), results.display().to_string()]);
+    args.extend(["--data-root".into(), data.display().to_string()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&fgia(&argv));
+    let frozen = fgia_core::record::ResultRecord::read(&results.join("frozen.json")).expect("frozen record");
+    let e2e = fgia_core::record::ResultRecord::read(&results.join("e2e.json")).expect("end-to-end record");
+    assert_eq!(frozen.protocol.mode, fgia_core::record::FeatureMode::Frozen);
+    assert_eq!(e2e.protocol.mode, fgia_core::record::FeatureMode::EndToEnd);
+    assert!(e2e.protocol.trained_layers.starts_with("every layer"), "{}", e2e.protocol.trained_layers);
+    assert!(e2e.protocol.optimizer.contains("backbone at 0.1x lr") && e2e.protocol.optimizer.contains("x0.5 every 2 epochs"), "{}", e2e.protocol.optimizer);
+    assert!(frozen.deviations.iter().any(|d| d.contains("backbone frozen")), "{:?}", frozen.deviations);
+    assert!(!e2e.deviations.iter().any(|d| d.contains("frozen")), "{:?}", e2e.deviations);
+    assert_eq!(frozen.metrics.keys().collect::<Vec<_>>(), e2e.metrics.keys().collect::<Vec<_>>());
+    assert_ne!(frozen.metrics["map"], e2e.metrics["map"], "training the backbone changes the embedding");
+    assert!(e2e.metrics["recall@1"] > 2.0 * e2e.metrics["random/recall@1"], "{:?}", e2e.metrics);
+    assert_eq!(fgia_core::record::read_metrics(&runs.join("e2e")).expect("metrics").len(), 3);
+}
+
 /// `fgia index` on a folder with one unreadable image (reported and counted), `fgia query`
 /// printing the top-K and writing an HTML page, exact and HNSW indexes agreeing, and a
 /// corrupted index file giving a clear error.
@@ -332,6 +369,29 @@ fn encoding_runs_pooling_dcl_and_pmg() {
     let o = fgia(&["encoding", "--recipe", bad.to_str().expect("utf8"), "--runs-dir", "x", "--results-dir", results.to_str().expect("utf8")]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("bad.toml") && err.contains("regions"), "{err}");
+
+    // DCL's regions against the map size (64 px gives a 2x2 map at stage 7): a clear error
+    // naming the recipe, not a panic in the pooling kernel.
+    let small = dir.path().join("small-map.toml");
+    std::fs::write(&small, encoding_recipe("dcl", "regions = 4, k = 1")).expect("recipe");
+    let w = weights.display().to_string();
+    let o = fgia(&[
+        "encoding",
+        "--quiet",
+        "--weights",
+        &w,
+        "--data-root",
+        data.to_str().expect("utf8"),
+        "--recipe",
+        small.to_str().expect("utf8"),
+        "--runs-dir",
+        dir.path().join("small-runs").to_str().expect("utf8"),
+        "--results-dir",
+        results.to_str().expect("utf8"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("regions = 4 needs a feature map") && err.contains("recipe.toml"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 /// The encoding recipe in end-to-end mode: pixels through the whole backbone, every layer

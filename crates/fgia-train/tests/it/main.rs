@@ -84,7 +84,8 @@ fn a_few_steps_on_a_fixed_batch_lower_its_loss() {
     let mut method = Classifier { net, frozen: 0, input_stage: 0, body_lr_mult: 1.0, head_lr_mult: 1.0, label_smoothing: 0.0 };
     let mut stepper = Stepper::new(&engine_spec(&r).optimizer, 0.0);
     let pixels: Vec<f32> = (0..8 * 3 * 32 * 32).map(|i| ((i * 7919) % 211) as f32 / 105.0 - 1.0).collect();
-    let batch = MapBatch { data: pixels, shape: [8, 3, 32, 32], labels: vec![0, 1, 2, 3, 0, 1, 2, 3], items: (0..8).collect(), skipped: 0 };
+    let batch =
+        MapBatch { data: pixels, shape: [8, 3, 32, 32], labels: vec![0, 1, 2, 3, 0, 1, 2, 3], items: (0..8).collect(), skipped: 0, geometry: Vec::new() };
     let input = method.prepare(batch, &device);
     let mut losses = Vec::new();
     for _ in 0..5 {
