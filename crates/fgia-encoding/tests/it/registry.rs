@@ -146,6 +146,7 @@ fn every_table2_recipe_is_valid_and_names_a_registered_method() {
         let r = fgia_encoding::EncodingRecipe::parse(&toml::to_string(&v).expect("serialise")).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(path.file_stem().and_then(|s| s.to_str()), Some(r.method.name.name()), "file named after its method");
         assert_eq!(r.report.table, "table2");
+        assert_eq!(r.model.mode, fgia_core::record::FeatureMode::EndToEnd, "{}: the full profile fine-tunes every layer", path.display());
         seen.push(r.method.name);
     }
     for m in Method::ALL {
