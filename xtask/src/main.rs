@@ -143,8 +143,12 @@ impl Profile {
     }
 }
 
+/// The workspace root. `cargo run` sets `CARGO_MANIFEST_DIR` for the process it starts: read it
+/// at run time first, so that a binary shared through one `CARGO_TARGET_DIR` by two clones works
+/// on the clone it was run from; the compile-time value is the fallback.
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace root").to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
 }
 
 /// `git describe --always --dirty` of the workspace, or `unknown`.
