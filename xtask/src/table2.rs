@@ -74,7 +74,7 @@ pub fn setting(template: &toml::Value, method: &str, format: &str, profile: Prof
             let train = table(&mut r, "train")?;
             train.insert("views".into(), 3.into());
             train.insert("edited_views".into(), 2.into());
-            deviations.push("cached maps of 3 augmented views per training image (CPU budget)".into());
+            // The run records the cached views itself, with the frozen backbone.
         }
         if let Some(p) = smoke_t.and_then(|s| s.get("params")).and_then(|p| p.as_table()) {
             let method_t = table(&mut r, "method")?;
