@@ -119,7 +119,6 @@ pub fn dataset(r: &EncodingRecipe, root_override: Option<&Path>) -> Result<Datas
     r.data.read(root_override)
 }
 
-/// Channels of the maps of `stages`, from a probe of the network at the recipe's size.
 /// Channels and side of every stage's map, from a probe of the network at the recipe's size.
 fn stage_shapes<B: Backend>(net: &Network<B>, crop: usize, device: &B::Device) -> Vec<(usize, usize)> {
     let mut x = Tensor::<B, 4>::zeros([1, 3, crop, crop], device);
