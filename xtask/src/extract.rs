@@ -1,11 +1,20 @@
 //! Safe extraction of tar and gzip-compressed tar archives.
 //!
-//! An archive is read twice. The first pass checks every entry and reads all data to the end:
-//! paths with `..` or an absolute root, symbolic and hard links whose target leaves the
-//! destination, device files, and truncated or corrupt compressed streams are all rejected
-//! before anything is written. The second pass extracts into a staging folder inside the
-//! destination, and only a complete extraction is moved into place, so a failure never leaves
-//! a half-extracted dataset.
+//! An archive is read twice. The first pass checks every entry and reads all data to the end,
+//! before anything is written. It refuses:
+//! - paths with `..` or an absolute root;
+//! - symbolic links, hard links, device files and every other non-regular entry (the datasets
+//!   have none, and a link written by one entry can carry a later entry's path outside the
+//!   destination however each path reads as text);
+//! - a path that occurs twice;
+//! - more than [`Limits::max_entries`] entries or more than [`Limits::max_bytes`] unpacked bytes
+//!   (archive bombs);
+//! - truncated or corrupt compressed streams.
+//!
+//! The second pass extracts into a staging folder inside the destination, creating each file
+//! with `create_new`, and only a complete extraction is moved into place, so a failure never
+//! leaves a half-extracted dataset. The staging folder holds a locked file while it is in use;
+//! a staging folder whose lock is free was left by a killed run and is removed by the next one.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -13,10 +22,26 @@ use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
 
+/// Bounds on what one archive may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most entries (files and folders).
+    pub max_entries: usize,
+    /// Most unpacked bytes, summed over the files.
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    /// Well above the largest dataset archive (FGVC-Aircraft: 2.8 GB, about 10⁴ files).
+    fn default() -> Self {
+        Self { max_entries: 1_000_000, max_bytes: 64 << 30 }
+    }
+}
+
 /// Why an archive was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
-    /// An entry would be written outside the destination.
+    /// An entry would be written outside the destination, or is not a file or folder.
     #[error("{archive}: entry '{entry}' {reason}; refusing to extract anything")]
     Unsafe {
         /// Archive file.
@@ -25,6 +50,16 @@ pub enum ExtractError {
         entry: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// The archive unpacks to more than the limits allow.
+    #[error("{archive}: {what} exceeds the limit of {limit}; refusing to extract anything")]
+    TooLarge {
+        /// Archive file.
+        archive: PathBuf,
+        /// What was counted.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
     },
     /// The archive is truncated or corrupt.
     #[error("{archive}: corrupt or truncated archive: {message}")]
@@ -73,38 +108,19 @@ fn normal_relative(p: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// Whether `target`, taken relative to the folder holding `entry`, stays inside the root.
-fn link_stays_inside(entry: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let mut depth: i64 = entry.parent().map(|p| p.components().filter(|c| matches!(c, Component::Normal(_))).count() as i64).unwrap_or(0);
-    for c in target.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
-}
-
 /// A checked entry of the first pass.
 struct Checked {
     path: PathBuf,
 }
 
 /// First pass: validates every entry and reads the whole stream. Returns the entries' paths.
-fn check(archive: &Path) -> Result<Vec<Checked>, ExtractError> {
+fn check(archive: &Path, limits: Limits) -> Result<Vec<Checked>, ExtractError> {
     let corrupt = |e: std::io::Error| ExtractError::Corrupt { archive: archive.to_path_buf(), message: e.to_string() };
+    let too_large = |what, limit| ExtractError::TooLarge { archive: archive.to_path_buf(), what, limit };
     let mut ar = open(archive)?;
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut bytes = 0u64;
     for entry in ar.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         let raw = entry.path().map_err(corrupt)?.into_owned();
@@ -114,19 +130,27 @@ fn check(archive: &Path) -> Result<Vec<Checked>, ExtractError> {
         };
         match entry.header().entry_type() {
             EntryType::Regular | EntryType::Continuous | EntryType::Directory => {}
-            EntryType::Symlink | EntryType::Link => {
-                let target = entry.link_name().map_err(corrupt)?.ok_or_else(|| unsafe_entry("is a link without a target"))?.into_owned();
-                // A hard link's target is relative to the archive root; a symlink's to its folder.
-                let inside = if entry.header().entry_type() == EntryType::Link { normal_relative(&target).is_some() } else { link_stays_inside(&rel, &target) };
-                if !inside {
-                    return Err(unsafe_entry(&format!("links to '{}', outside the destination", target.display())));
-                }
-            }
+            EntryType::Symlink | EntryType::Link => return Err(unsafe_entry("is a link (links are not extracted)")),
             EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => continue,
             other => return Err(unsafe_entry(&format!("has unsupported type {other:?}"))),
         }
-        // Read the data to the end, so a truncated or corrupt stream fails now.
-        std::io::copy(&mut entry, &mut std::io::sink()).map_err(corrupt)?;
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        if !seen.insert(rel.clone()) {
+            return Err(unsafe_entry("occurs twice"));
+        }
+        if out.len() >= limits.max_entries {
+            return Err(too_large("the number of entries", limits.max_entries as u64));
+        }
+        // Read the data to the end, so a truncated or corrupt stream fails now, counting what
+        // is actually read rather than what the header says.
+        let budget = limits.max_bytes - bytes;
+        let n = std::io::copy(&mut (&mut entry).take(budget + 1), &mut std::io::sink()).map_err(corrupt)?;
+        if n > budget {
+            return Err(too_large("the unpacked size in bytes", limits.max_bytes));
+        }
+        bytes += n;
         out.push(Checked { path: rel });
     }
     // Trailing data of the compressed stream (its CRC) is checked when the reader hits the end.
@@ -138,74 +162,100 @@ fn check(archive: &Path) -> Result<Vec<Checked>, ExtractError> {
     Ok(out)
 }
 
+/// The lock file inside a staging folder.
+const STAGING_LOCK: &str = ".lock";
+
+/// Removes the `.extract-*` staging folders in `dest` whose lock is free: each was left by a run
+/// that was killed. A folder whose lock is held belongs to a running extraction and is kept.
+/// Returns how many were removed.
+fn reclaim_staging(dest: &Path) -> Result<usize, ExtractError> {
+    let Ok(rd) = std::fs::read_dir(dest) else { return Ok(0) };
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(".extract-") || !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        let dir = e.path();
+        let free = match File::options().read(true).write(true).open(dir.join(STAGING_LOCK)) {
+            Ok(f) => f.try_lock().is_ok(),
+            // No lock file: killed between creating the folder and the lock.
+            Err(_) => true,
+        };
+        if free {
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            eprintln!("{}: removed the staging folder of an interrupted extraction", dir.display());
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Extracts `archive` into `dest` after checking it, under the default [`Limits`].
+pub fn extract(archive: &Path, dest: &Path) -> Result<usize, ExtractError> {
+    extract_with(archive, dest, Limits::default())
+}
+
 /// Extracts `archive` into `dest` after checking it. Top-level entries that already exist in
 /// `dest` are an error (nothing is overwritten). Returns the number of entries.
-pub fn extract(archive: &Path, dest: &Path) -> Result<usize, ExtractError> {
-    let entries = check(archive)?;
+pub fn extract_with(archive: &Path, dest: &Path, limits: Limits) -> Result<usize, ExtractError> {
+    let entries = check(archive, limits)?;
     std::fs::create_dir_all(dest).map_err(io(dest))?;
+    reclaim_staging(dest)?;
     let mut tops: Vec<PathBuf> = entries.iter().filter_map(|c| c.path.components().next().map(|x| PathBuf::from(x.as_os_str()))).collect();
     tops.sort();
     tops.dedup();
     for t in &tops {
-        if dest.join(t).exists() {
+        if std::fs::symlink_metadata(dest.join(t)).is_ok() {
             return Err(ExtractError::Exists(dest.join(t)));
         }
     }
-    let staging = dest.join(format!(".extract-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let result = unpack(archive, &staging);
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
-    }
+    let staging = tempfile::Builder::new().prefix(".extract-").tempdir_in(dest).map_err(io(dest))?;
+    let lock_path = staging.path().join(STAGING_LOCK);
+    let lock = File::create(&lock_path).map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+    unpack(archive, staging.path(), &entries)?;
     for t in &tops {
-        std::fs::rename(staging.join(t), dest.join(t)).map_err(io(&dest.join(t)))?;
+        std::fs::rename(staging.path().join(t), dest.join(t)).map_err(io(&dest.join(t)))?;
     }
-    let _ = std::fs::remove_dir_all(&staging);
+    drop(lock);
+    staging.close().map_err(io(dest))?;
     Ok(entries.len())
 }
 
-fn unpack(archive: &Path, staging: &Path) -> Result<(), ExtractError> {
+/// Second pass: writes the entries the first pass checked, and nothing else.
+fn unpack(archive: &Path, staging: &Path, checked: &[Checked]) -> Result<(), ExtractError> {
     let corrupt = |e: std::io::Error| ExtractError::Corrupt { archive: archive.to_path_buf(), message: e.to_string() };
     let mut ar = open(archive)?;
+    let mut expected = checked.iter();
     for entry in ar.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         let raw = entry.path().map_err(corrupt)?.into_owned();
-        let Some(rel) = normal_relative(&raw) else {
-            return Err(ExtractError::Unsafe { archive: archive.to_path_buf(), entry: raw.display().to_string(), reason: "changed between passes".into() });
-        };
+        let changed = || ExtractError::Unsafe { archive: archive.to_path_buf(), entry: raw.display().to_string(), reason: "changed between passes".into() };
+        let kind = entry.header().entry_type();
+        if !matches!(kind, EntryType::Regular | EntryType::Continuous | EntryType::Directory) {
+            continue;
+        }
+        let rel = normal_relative(&raw).ok_or_else(changed)?;
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        if expected.next().map(|c| &c.path) != Some(&rel) {
+            return Err(changed());
+        }
         let out = staging.join(&rel);
         if let Some(parent) = out.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        match entry.header().entry_type() {
-            EntryType::Directory => std::fs::create_dir_all(&out).map_err(io(&out))?,
-            EntryType::Regular | EntryType::Continuous => {
-                let mut f = File::create(&out).map_err(io(&out))?;
-                std::io::copy(&mut entry, &mut f).map_err(corrupt)?;
-            }
-            EntryType::Symlink => {
-                let target = entry.link_name().map_err(corrupt)?.map(|t| t.into_owned()).unwrap_or_default();
-                if !link_stays_inside(&rel, &target) {
-                    return Err(ExtractError::Unsafe {
-                        archive: archive.to_path_buf(),
-                        entry: raw.display().to_string(),
-                        reason: "changed between passes".into(),
-                    });
-                }
-                std::os::unix::fs::symlink(&target, &out).map_err(io(&out))?;
-            }
-            EntryType::Link => {
-                let target = entry.link_name().map_err(corrupt)?.and_then(|t| normal_relative(&t)).ok_or_else(|| ExtractError::Unsafe {
-                    archive: archive.to_path_buf(),
-                    entry: raw.display().to_string(),
-                    reason: "changed between passes".into(),
-                })?;
-                std::fs::hard_link(staging.join(&target), &out).map_err(io(&out))?;
-            }
-            _ => {}
+        if kind == EntryType::Directory {
+            std::fs::create_dir_all(&out).map_err(io(&out))?;
+        } else {
+            let mut f = File::options().write(true).create_new(true).open(&out).map_err(io(&out))?;
+            std::io::copy(&mut entry, &mut f).map_err(corrupt)?;
         }
+    }
+    if expected.next().is_some() {
+        return Err(ExtractError::Corrupt { archive: archive.to_path_buf(), message: "changed between passes".into() });
     }
     Ok(())
 }
@@ -261,8 +311,6 @@ pub(crate) mod tests {
             raw_entry("data/", b'5', "", b""),
             raw_entry("data/a.txt", b'0', "", b"hello"),
             raw_entry("data/sub/b.txt", b'0', "", b"world"),
-            raw_entry("data/link", b'2', "sub/b.txt", b""),
-            raw_entry("data/hard", b'1', "data/a.txt", b""),
         ])
     }
 
@@ -272,10 +320,9 @@ pub(crate) mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let a = write(dir.path(), name, &bytes);
             let dest = dir.path().join("out");
-            assert_eq!(extract(&a, &dest).expect("extracts"), 5);
+            assert_eq!(extract(&a, &dest).expect("extracts"), 3);
             assert_eq!(std::fs::read_to_string(dest.join("data/a.txt")).expect("a"), "hello");
-            assert_eq!(std::fs::read_to_string(dest.join("data/link")).expect("link"), "world");
-            assert_eq!(std::fs::read_to_string(dest.join("data/hard")).expect("hard"), "hello");
+            assert_eq!(std::fs::read_to_string(dest.join("data/sub/b.txt")).expect("b"), "world");
             // No staging folder left, and a second extraction refuses to overwrite.
             assert_eq!(std::fs::read_dir(&dest).expect("ls").count(), 1);
             assert!(matches!(extract(&a, &dest), Err(ExtractError::Exists(_))));
@@ -288,6 +335,10 @@ pub(crate) mod tests {
             ("dotdot", tar_of(&[raw_entry("data/a.txt", b'0', "", b"ok"), raw_entry("data/../../evil.txt", b'0', "", b"x")])),
             ("absolute", tar_of(&[raw_entry("data/a.txt", b'0', "", b"ok"), raw_entry("/tmp/evil.txt", b'0', "", b"x")])),
             ("symlink out", tar_of(&[raw_entry("data/a.txt", b'0', "", b"ok"), raw_entry("data/l", b'2', "../../etc/passwd", b"")])),
+            ("symlink inside", tar_of(&[raw_entry("data/a.txt", b'0', "", b"ok"), raw_entry("data/l", b'2', "a.txt", b"")])),
+            ("hardlink inside", tar_of(&[raw_entry("data/a.txt", b'0', "", b"ok"), raw_entry("data/h", b'1', "data/a.txt", b"")])),
+            ("duplicate", tar_of(&[raw_entry("data/a.txt", b'0', "", b"ok"), raw_entry("data/./a.txt", b'0', "", b"evil")])),
+            ("fifo", tar_of(&[raw_entry("data/f", b'6', "", b"")])),
             ("symlink absolute", tar_of(&[raw_entry("data/l", b'2', "/etc/passwd", b"")])),
             ("hardlink out", tar_of(&[raw_entry("data/h", b'1', "../outside", b"")])),
             ("hardlink absolute", tar_of(&[raw_entry("data/h", b'1', "/etc/passwd", b"")])),
@@ -317,11 +368,66 @@ pub(crate) mod tests {
         }
     }
 
+    /// Each link's text stays inside the destination, yet the chain leads out: `a/b/up` is
+    /// `../..` (the destination), `a/b/up/x` is `../../..` from inside it, and the file
+    /// `a/b/up/x/pwned` lands beside the destination. Links are refused outright.
     #[test]
-    fn symlink_containment_rules() {
-        assert!(link_stays_inside(Path::new("a/b/l"), Path::new("../c")));
-        assert!(link_stays_inside(Path::new("a/b/l"), Path::new("../../c")));
-        assert!(!link_stays_inside(Path::new("a/b/l"), Path::new("../../../c")));
-        assert!(!link_stays_inside(Path::new("l"), Path::new("/abs")));
+    fn a_chain_of_symlinks_cannot_carry_a_file_outside() {
+        let bytes = tar_of(&[
+            raw_entry("a/b/up", b'2', "../..", b""),
+            raw_entry("a/b/up/x", b'2', "../../..", b""),
+            raw_entry("a/b/up/x/pwned", b'0', "", b"pwned"),
+        ]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("deep/out");
+        std::fs::create_dir_all(&dest).expect("mkdir");
+        let a = write(dir.path(), "chain.tar", &bytes);
+        let e = extract(&a, &dest).expect_err("chain");
+        assert!(matches!(&e, ExtractError::Unsafe { entry, .. } if entry == "a/b/up"), "{e}");
+        assert!(!dir.path().join("deep/pwned").exists() && !dir.path().join("pwned").exists());
+        assert_eq!(std::fs::read_dir(&dest).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn bombs_are_refused_by_size_and_by_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 64 MiB of zeros gzip to about 64 KiB; the limit is counted on the bytes read.
+        let big = tar_of(&[raw_entry("data/zeros", b'0', "", &vec![0u8; 64 << 20])]);
+        let a = write(dir.path(), "bomb.tgz", &gzip(&big));
+        assert!(std::fs::metadata(&a).expect("size").len() < 1 << 20);
+        let small = Limits { max_entries: 100, max_bytes: 1 << 20 };
+        let e = extract_with(&a, &dir.path().join("out"), small).expect_err("size bomb");
+        assert!(matches!(e, ExtractError::TooLarge { what, .. } if what.contains("size")), "{e}");
+        let many: Vec<Vec<u8>> = (0..101).map(|i| raw_entry(&format!("data/f{i}"), b'0', "", b"x")).collect();
+        let a = write(dir.path(), "many.tar", &tar_of(&many));
+        let e = extract_with(&a, &dir.path().join("out"), small).expect_err("count bomb");
+        assert!(matches!(e, ExtractError::TooLarge { what, .. } if what.contains("entries")), "{e}");
+        assert!(!dir.path().join("out").exists());
+        // At the limits exactly, it extracts.
+        let at = Limits { max_entries: 101, max_bytes: 101 };
+        assert_eq!(extract_with(&a, &dir.path().join("out"), at).expect("at the limit"), 101);
+    }
+
+    #[test]
+    fn a_staging_folder_left_by_a_killed_run_is_reclaimed_and_a_live_one_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("out");
+        // Killed run: a staging folder with a half-written file and an unlocked lock file.
+        let dead = dest.join(".extract-dead");
+        std::fs::create_dir_all(dead.join("data")).expect("mkdir");
+        std::fs::write(dead.join(STAGING_LOCK), b"").expect("lock");
+        std::fs::write(dead.join("data/half"), vec![0u8; 1000]).expect("half");
+        // A running extraction: its lock is held.
+        let live = dest.join(".extract-live");
+        std::fs::create_dir_all(&live).expect("mkdir");
+        let held = File::create(live.join(STAGING_LOCK)).expect("lock");
+        held.lock().expect("hold");
+        let a = write(dir.path(), "good.tar", &good());
+        extract(&a, &dest).expect("extracts");
+        assert!(!dead.exists(), "the dead staging folder is reclaimed");
+        assert!(live.exists(), "a held staging folder is kept");
+        let mut names: Vec<String> = std::fs::read_dir(&dest).expect("ls").map(|e| e.expect("e").file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, [".extract-live", "data"]);
     }
 }

@@ -117,8 +117,13 @@ pub fn verify(path: &Path, spec: &FileSpec) -> Result<()> {
     Ok(())
 }
 
+/// The most bytes written for a file whose manifest gives no size.
+const MAX_UNSIZED_DOWNLOAD: u64 = 64 << 30;
+
 /// Downloads `url` to `dest`, resuming a previous partial download (`<dest>.part`) with an HTTP
-/// range request, retrying a broken transfer up to `attempts` times.
+/// range request, retrying a broken transfer up to `attempts` times. Never writes more than
+/// `expected_size` bytes (or [`MAX_UNSIZED_DOWNLOAD`] without one): a longer body is an error.
+/// A `206` answer must carry a `Content-Range` that starts where the partial file ends.
 pub fn download(url: &str, dest: &Path, expected_size: Option<u64>, attempts: usize, progress: bool) -> Result<()> {
     let part = PathBuf::from(format!("{}.part", dest.display()));
     if let Some(parent) = dest.parent() {
@@ -132,15 +137,24 @@ pub fn download(url: &str, dest: &Path, expected_size: Option<u64>, attempts: us
     );
     bar.set_message(dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(30)).timeout_read(Duration::from_secs(120)).build();
+    // With no size in the manifest, a body larger than this is refused rather than written.
+    let cap = expected_size.unwrap_or(MAX_UNSIZED_DOWNLOAD);
     let mut last_err = None;
     for attempt in 0..attempts.max(1) {
         let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
         if let Some(size) = expected_size
             && have == size
         {
+            // Whole: an error of an earlier attempt no longer matters.
+            last_err = None;
             break;
         }
-        match fetch_once(&agent, url, &part, have, &bar) {
+        if have > cap {
+            // Longer than the expected file: it can only be wrong.
+            std::fs::remove_file(&part).with_context(|| format!("{}: cannot remove", part.display()))?;
+            continue;
+        }
+        match fetch_once(&agent, url, &part, have, cap, &bar) {
             Ok(()) => {
                 last_err = None;
                 break;
@@ -153,14 +167,17 @@ pub fn download(url: &str, dest: &Path, expected_size: Option<u64>, attempts: us
         }
     }
     bar.finish_and_clear();
-    if let Some(e) = last_err {
+    let whole = expected_size.is_some_and(|size| std::fs::metadata(&part).is_ok_and(|m| m.len() == size));
+    if let Some(e) = last_err
+        && !whole
+    {
         return Err(e.context(format!("downloading {url} failed; run the command again to resume from {}", part.display())));
     }
     std::fs::rename(&part, dest).with_context(|| format!("{}: cannot move into place", dest.display()))?;
     Ok(())
 }
 
-fn fetch_once(agent: &ureq::Agent, url: &str, part: &Path, have: u64, bar: &indicatif::ProgressBar) -> Result<()> {
+fn fetch_once(agent: &ureq::Agent, url: &str, part: &Path, have: u64, cap: u64, bar: &indicatif::ProgressBar) -> Result<()> {
     let mut req = agent.get(url);
     if have > 0 {
         req = req.set("Range", &format!("bytes={have}-"));
@@ -172,24 +189,38 @@ fn fetch_once(agent: &ureq::Agent, url: &str, part: &Path, have: u64, bar: &indi
         Err(e) => return Err(e).with_context(|| format!("GET {url}")),
     };
     let append = resp.status() == 206;
-    if have > 0 && !append {
-        // The server ignored the range: start over.
-        bar.set_position(0);
-    } else {
-        bar.set_position(have);
+    if append {
+        // `Content-Range: bytes START-END/TOTAL`: the body must continue the partial file.
+        let range = resp.header("Content-Range").unwrap_or("");
+        let start = range.strip_prefix("bytes ").and_then(|r| r.split('-').next()).and_then(|s| s.trim().parse::<u64>().ok());
+        if start != Some(have) {
+            // Start over rather than splice the wrong bytes into the file.
+            std::fs::remove_file(part).with_context(|| format!("{}: cannot remove", part.display()))?;
+            bail!("GET {url}: asked for bytes {have}- and got a 206 with Content-Range '{range}'; starting over");
+        }
     }
-    if let Some(len) = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok()) {
-        bar.set_length(len + if append { have } else { 0 });
+    let base = if append { have } else { 0 };
+    bar.set_position(base);
+    let expected = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = expected {
+        bar.set_length(len + base);
+        if base + len > cap {
+            bail!("GET {url}: the server announces {} bytes, more than the expected {cap}", base + len);
+        }
     }
     let mut out = if append { OpenOptions::new().append(true).open(part)? } else { File::create(part)? };
-    let expected = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok());
-    let mut reader = resp.into_reader();
+    let mut reader = resp.into_reader().take(cap - base + 1);
     let mut buf = vec![0u8; 1 << 16];
     let mut got = 0u64;
     loop {
         let n = reader.read(&mut buf).context("connection broke")?;
         if n == 0 {
             break;
+        }
+        if base + got + n as u64 > cap {
+            drop(out);
+            std::fs::remove_file(part).with_context(|| format!("{}: cannot remove", part.display()))?;
+            bail!("GET {url}: the body runs past the expected {cap} bytes; the partial file was removed");
         }
         out.write_all(&buf[..n])?;
         got += n as u64;
@@ -215,6 +246,22 @@ mod tests {
     /// A loopback HTTP server for `body` that honours `Range: bytes=N-` and breaks the first
     /// connection after `break_after` bytes.
     fn serve(body: Vec<u8>, break_after: usize) -> (String, Arc<AtomicUsize>) {
+        serve_with(body, break_after, Server::Honest)
+    }
+
+    /// How the loopback server misbehaves.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Server {
+        Honest,
+        /// Sends bytes forever with no Content-Length.
+        Endless,
+        /// Answers a range request with a 206 whose range starts at 0.
+        WrongRange,
+        /// Sends the whole body chunked, then closes before the final chunk.
+        ChunkedNoEnd,
+    }
+
+    fn serve_with(body: Vec<u8>, break_after: usize, kind: Server) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}/file.tgz", listener.local_addr().expect("addr"));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -234,9 +281,24 @@ mod tests {
                         start = r.trim().trim_end_matches('-').parse().unwrap_or(0);
                     }
                 }
-                let slice = &body[start.min(body.len())..];
+                if kind == Server::Endless {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                    let chunk = vec![7u8; 1 << 16];
+                    while stream.write_all(&chunk).is_ok() {}
+                    continue;
+                }
+                if kind == Server::ChunkedNoEnd {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+                    let _ = stream.write_all(format!("{:x}\r\n", body.len()).as_bytes());
+                    let _ = stream.write_all(&body);
+                    let _ = stream.write_all(b"\r\n");
+                    continue;
+                }
+                let (from, range_start) = if kind == Server::WrongRange { (0, 0) } else { (start.min(body.len()), start) };
+                let slice = &body[from..];
                 let status = if start > 0 { "206 Partial Content" } else { "200 OK" };
-                let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", slice.len());
+                let range = format!("Content-Range: bytes {range_start}-{}/{}\r\n", body.len().saturating_sub(1), body.len());
+                let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n", slice.len(), if start > 0 { range.as_str() } else { "" });
                 let _ = stream.write_all(head.as_bytes());
                 let cut = if n == 0 { break_after.min(slice.len()) } else { slice.len() };
                 let _ = stream.write_all(&slice[..cut]);
@@ -275,6 +337,42 @@ mod tests {
         // A truncated file fails on size.
         std::fs::write(&dest, &body[..1000]).expect("write");
         assert!(verify(&dest, &spec).expect_err("truncated").to_string().contains("size"));
+    }
+
+    #[test]
+    fn an_endless_body_stops_at_the_expected_size() {
+        let (url, _) = serve_with(Vec::new(), usize::MAX, Server::Endless);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("file.tgz");
+        let e = download(&url, &dest, Some(100_000), 2, false).expect_err("endless");
+        assert!(format!("{e:#}").contains("past the expected 100000 bytes"), "{e:#}");
+        assert!(!dest.exists());
+        assert!(std::fs::metadata(dir.path().join("file.tgz.part")).map(|m| m.len()).unwrap_or(0) <= 100_000);
+    }
+
+    #[test]
+    fn a_206_with_the_wrong_range_is_not_spliced_in() {
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let (url, _) = serve_with(body.clone(), 30_000, Server::WrongRange);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("file.tgz");
+        // Attempt 1 breaks after 30 000 bytes; attempt 2 gets a 206 from byte 0 and starts over;
+        // attempt 3 downloads the whole file with a plain GET.
+        download(&url, &dest, Some(body.len() as u64), 3, false).expect("recovers");
+        assert_eq!(std::fs::read(&dest).expect("read"), body, "no bytes spliced at the wrong offset");
+    }
+
+    #[test]
+    fn a_complete_part_file_clears_the_error_of_an_earlier_attempt() {
+        // The first attempt receives every byte and then fails (the chunked body never ends);
+        // the second finds the file whole. That is a success, not the first attempt's error.
+        let body: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        let (url, requests) = serve_with(body.clone(), usize::MAX, Server::ChunkedNoEnd);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("file.tgz");
+        download(&url, &dest, Some(body.len() as u64), 2, false).expect("whole after the first attempt");
+        assert_eq!(std::fs::read(&dest).expect("read"), body);
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "no second request for a whole file");
     }
 
     #[test]

@@ -220,7 +220,7 @@ fn main() -> Result<()> {
                             weights::fetch_lite0(&fgia_core::paths::weights_dir())?;
                         }
                         Profile::Full => {
-                            weights::fetch_hub("timm/resnet50.tv_in1k", "model.safetensors", &fgia_core::paths::hub_cache_dir())?;
+                            weights::fetch_hub("timm/resnet50.tv_in1k", "model.safetensors", &fgia_core::paths::hub_cache_dir(), &weights::pins_path())?;
                         }
                     }
                     reproduce::table4(&ws, profile, seeds, device, &data_root)?;
@@ -233,7 +233,7 @@ fn main() -> Result<()> {
                         }
                         Profile::Full => {
                             for bb in ["vgg16", "resnet50"] {
-                                weights::fetch_hub(&format!("timm/{bb}.tv_in1k"), "model.safetensors", &fgia_core::paths::hub_cache_dir())?;
+                                weights::fetch_hub(&format!("timm/{bb}.tv_in1k"), "model.safetensors", &fgia_core::paths::hub_cache_dir(), &weights::pins_path())?;
                             }
                             let downloads = ws.join("datasets").join("downloads");
                             let cub = match &root {
@@ -259,7 +259,7 @@ fn main() -> Result<()> {
                         }
                         Profile::Full => {
                             for bb in ["vgg16", "resnet50", "resnet101"] {
-                                weights::fetch_hub(&format!("timm/{bb}.tv_in1k"), "model.safetensors", &fgia_core::paths::hub_cache_dir())?;
+                                weights::fetch_hub(&format!("timm/{bb}.tv_in1k"), "model.safetensors", &fgia_core::paths::hub_cache_dir(), &weights::pins_path())?;
                             }
                             let downloads = ws.join("datasets").join("downloads");
                             let mut v = Vec::new();
@@ -295,7 +295,7 @@ fn fetch_weights(backbone: &str) -> Result<()> {
             weights::fetch_lite0(&fgia_core::paths::weights_dir())?;
         }
         "resnet18" | "resnet50" | "resnet101" | "vgg16" => {
-            weights::fetch_hub(&format!("timm/{backbone}.tv_in1k"), "model.safetensors", &fgia_core::paths::hub_cache_dir())?;
+            weights::fetch_hub(&format!("timm/{backbone}.tv_in1k"), "model.safetensors", &fgia_core::paths::hub_cache_dir(), &weights::pins_path())?;
         }
         other => bail!("no weights source for '{other}' (efficientnet-lite0, resnet18, resnet50, resnet101, vgg16)"),
     }

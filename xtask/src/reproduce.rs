@@ -97,8 +97,9 @@ pub fn table4(ws: &Path, profile: Profile, seeds: usize, device: &str, data_root
             cmd.arg("--resume");
         } else {
             if run_dir.exists() {
-                // Created but killed before its recipe was written: nothing to keep.
-                std::fs::remove_dir_all(&run_dir)?;
+                // Created but killed before its recipe was written: nothing to keep, unless
+                // another invocation holds it (then this is an error naming the folder).
+                fgia_core::runlock::remove_run_dir(&run_dir)?;
             }
             let recipe_path = runs.join(format!("{}.recipe.toml", s.key));
             fgia_core::record::write_atomic(&recipe_path, toml::to_string_pretty(&s.recipe)?.as_bytes())?;
@@ -248,7 +249,8 @@ pub fn stage_recipe(runs: &Path, results: &Path, key: &str, recipe: &toml::Value
     if run_dir.join("recipe.toml").is_file() {
         println!("{key}: resuming {}", run_dir.display());
     } else if run_dir.exists() {
-        std::fs::remove_dir_all(&run_dir)?;
+        // Never a folder that another invocation is writing: that is an error naming it.
+        fgia_core::runlock::remove_run_dir(&run_dir)?;
     }
     let recipe_path = runs.join(format!("{key}.recipe.toml"));
     fgia_core::record::write_atomic(&recipe_path, toml::to_string_pretty(recipe)?.as_bytes())?;

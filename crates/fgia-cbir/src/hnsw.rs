@@ -386,31 +386,36 @@ impl Hnsw {
     pub fn from_parts(data: Vec<f32>, dim: usize, distance: Distance, params: HnswParams, graph: &[u8]) -> Result<Self, String> {
         let n = data.len() / dim.max(1);
         let mut pos = 0usize;
-        let mut next = || -> Result<u32, String> {
-            let b = graph.get(pos..pos + 4).ok_or_else(|| format!("graph ends early at byte {pos}"))?;
-            pos += 4;
+        let next = |pos: &mut usize| -> Result<u32, String> {
+            let b = graph.get(*pos..*pos + 4).ok_or_else(|| format!("graph ends early at byte {pos}"))?;
+            *pos += 4;
             Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         };
-        let entry = next()?;
+        let entry = next(&mut pos)?;
         if n > 0 && entry as usize >= n {
             return Err(format!("entry point {entry} is not one of the {n} vectors"));
         }
         let mut links = Vec::with_capacity(n);
         for node in 0..n {
-            let levels = next()? as usize;
+            let levels = next(&mut pos)? as usize;
             if levels == 0 || levels > 17 {
                 return Err(format!("node {node} has {levels} levels"));
             }
             let mut node_links = Vec::with_capacity(levels);
             for l in 0..levels {
-                let count = next()? as usize;
-                let max = if l == 0 { 2 * params.m } else { params.m };
+                let count = next(&mut pos)? as usize;
+                let max = if l == 0 { params.m.saturating_mul(2) } else { params.m };
                 if count > max {
                     return Err(format!("node {node} has {count} links on level {l} (at most {max})"));
                 }
+                // Each link is 4 bytes: a count beyond the bytes left is refused before allocating.
+                let left = graph.len().saturating_sub(pos);
+                if count.saturating_mul(4) > left {
+                    return Err(format!("node {node} claims {count} links on level {l}, but only {left} bytes remain"));
+                }
                 let mut ids = Vec::with_capacity(count);
                 for _ in 0..count {
-                    let j = next()?;
+                    let j = next(&mut pos)?;
                     if j as usize >= n {
                         return Err(format!("node {node} links to {j}, beyond the {n} vectors"));
                     }
@@ -482,5 +487,18 @@ mod tests {
         bad[last] = 0xff; // an id beyond n
         assert!(Hnsw::from_parts(a.data.clone(), 8, a.distance, a.params, &bad).is_err());
         assert!(Hnsw::from_parts(a.data.clone(), 8, a.distance, a.params, &a.graph_bytes()[..100]).is_err());
+    }
+
+    #[test]
+    fn a_link_count_beyond_the_remaining_bytes_is_refused_before_allocating() {
+        let data = random(4, 2, 1);
+        let params = HnswParams { m: 512, ..HnswParams::default() };
+        // Entry 0; node 0 has one level with 1000 links, then 8 bytes.
+        let mut g = Vec::new();
+        for v in [0u32, 1, 1000, 1, 2] {
+            g.extend_from_slice(&v.to_le_bytes());
+        }
+        let e = Hnsw::from_parts(data.clone(), 2, Distance::Euclidean, params, &g).expect_err("count");
+        assert!(e.contains("1000 links") && e.contains("only 8 bytes remain"), "{e}");
     }
 }

@@ -27,6 +27,12 @@ use crate::search::exact_knn;
 
 const MAGIC: &[u8; 8] = b"FGIAIDX\0";
 const VERSION: u32 = 1;
+/// Largest input side an index may ask the query side to use.
+pub const MAX_RESOLUTION: u32 = 4096;
+/// Largest HNSW `M`, and largest candidate lists.
+pub const MAX_HNSW_M: usize = 512;
+/// Largest HNSW candidate list (`ef_construction`, `ef_search`).
+pub const MAX_HNSW_EF: usize = 1 << 16;
 
 /// What an index holds, besides the vectors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +117,25 @@ impl Index {
     }
 
     /// The `k` nearest items of `query`: exact search, or the graph when there is one.
+    /// An error unless `dim` (what the query side's extractor produces) is the index's own.
+    pub fn check_query_dim(&self, dim: usize) -> Result<(), String> {
+        if dim != self.header.dim {
+            let e = &self.header.extractor;
+            return Err(format!(
+                "the index holds {}-d vectors, but {} with {} at {} px gives {dim}-d ones; the index was built by another extractor",
+                self.header.dim, e.backbone, e.aggregator, e.resolution
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `k` nearest items of `query`, or an error when its length is not the index's `dim`.
+    pub fn try_search(&self, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>, String> {
+        self.check_query_dim(query.len())?;
+        Ok(self.search(query, k))
+    }
+
+    /// The `k` nearest items of `query` (of length `dim`; see [`Index::try_search`]).
     pub fn search(&self, query: &[f32], k: usize) -> Vec<(usize, f32)> {
         match &self.graph {
             Some(g) => g.search(query, k),
@@ -174,6 +199,15 @@ impl Index {
         let header: IndexHeader = serde_json::from_slice(take(hlen)?).map_err(|e| format!("header: {e}"))?;
         if header.dim == 0 || header.items.len() != header.n {
             return Err(format!("header: dim {} with {} items for {} vectors", header.dim, header.items.len(), header.n));
+        }
+        let r = header.extractor.resolution;
+        if !(16..=MAX_RESOLUTION).contains(&r) {
+            return Err(format!("header: resolution {r} is outside 16..={MAX_RESOLUTION}"));
+        }
+        if let Some(p) = &header.hnsw
+            && !((2..=MAX_HNSW_M).contains(&p.m) && (1..=MAX_HNSW_EF).contains(&p.ef_construction) && (1..=MAX_HNSW_EF).contains(&p.ef_search))
+        {
+            return Err(format!("header: HNSW m {}, ef_construction {}, ef_search {} outside 2..={MAX_HNSW_M} and 1..={MAX_HNSW_EF}", p.m, p.ef_construction, p.ef_search));
         }
         let nfloats = header.n.checked_mul(header.dim).ok_or("header: n * dim overflows")?;
         let raw = take(nfloats.checked_mul(4).ok_or("header: size overflows")?)?;
@@ -251,5 +285,70 @@ mod tests {
         let d = Sha256::digest(&body);
         body.extend_from_slice(&d);
         assert!(Index::from_bytes(&body).expect_err("hostile graph").contains("graph"));
+    }
+
+    #[test]
+    fn a_hostile_header_with_a_valid_checksum_is_refused() {
+        let base = sample(50, 8, true);
+        let mut cases: Vec<(&str, Index, &str)> = Vec::new();
+        let mut r = base.clone();
+        r.header.extractor.resolution = 600_000_000;
+        cases.push(("resolution", r, "resolution 600000000"));
+        let mut m = base.clone();
+        if let Some(p) = m.header.hnsw.as_mut() {
+            p.m = usize::MAX / 2;
+        }
+        cases.push(("hnsw m", m, "HNSW m"));
+        let mut ef = base.clone();
+        if let Some(p) = ef.header.hnsw.as_mut() {
+            p.ef_search = usize::MAX;
+        }
+        cases.push(("ef_search", ef, "ef_search"));
+        for (what, idx, expect) in cases {
+            // `to_bytes` writes a correct SHA-256 over the hostile header.
+            let e = Index::from_bytes(&idx.to_bytes()).expect_err(what);
+            assert!(e.contains(expect), "{what}: {e}");
+        }
+        // A query of another length is an error naming both dimensions, not an assert.
+        let e = base.try_search(&[0.0; 512], 5).expect_err("dim");
+        assert!(e.contains("8-d") && e.contains("512-d"), "{e}");
+        assert_eq!(base.try_search(&base.vectors[..8], 1).expect("same dim")[0].0, 0);
+    }
+
+    #[test]
+    fn a_query_page_never_reads_a_device_as_a_thumbnail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let items = [IndexItem { path: "/dev/zero".into(), label: None }, IndexItem { path: dir.path().join("absent.jpg").display().to_string(), label: None }];
+        let shown: Vec<(&IndexItem, f32)> = items.iter().map(|i| (i, 0.5)).collect();
+        let page = dir.path().join("q.html");
+        crate::report_html::write_query_page(&page, Path::new("/dev/zero"), &shown, Path::new("g.fgiaidx")).expect("page");
+        let html = std::fs::read_to_string(&page).expect("read");
+        assert_eq!(html.matches("unreadable").count(), 3, "{html}");
+        assert!(html.contains("not a regular file"));
+    }
+
+    /// Mutates the body of exact and HNSW indexes and appends a correct checksum, so that the
+    /// mutations reach the header and graph parsers rather than stopping at the digest.
+    #[test]
+    fn fuzz_the_index_reader_behind_a_valid_checksum() {
+        let seeds: Vec<Vec<u8>> = [false, true]
+            .into_iter()
+            .map(|hnsw| {
+                let b = sample(40, 4, hnsw).to_bytes();
+                b[..b.len() - 32].to_vec()
+            })
+            .collect();
+        let crashes = fgia_core::fuzz::crash_dir(env!("CARGO_MANIFEST_DIR"));
+        let r = fgia_core::fuzz::run("index", &seeds, fgia_core::fuzz::budget(20_000), 31, false, &crashes, |body| {
+            let mut b = body.to_vec();
+            b.extend_from_slice(&Sha256::digest(body));
+            Index::from_bytes(&b).map(|idx| {
+                // An accepted index must also answer queries.
+                let q = vec![0.5f32; idx.header.dim];
+                let _ = idx.try_search(&q, 3);
+            })
+        });
+        assert!(r.panics.is_empty(), "{} panics, first {:?}", r.panics.len(), r.panics.first());
+        assert!(r.accepted > 0, "{r:?}");
     }
 }

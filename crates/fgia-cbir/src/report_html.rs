@@ -11,6 +11,8 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// A thumbnail of `src`, read only from a regular file ([`fgia_core::imaging::load_rgb`]): an
+/// item path such as `/dev/zero` is shown as unreadable instead of hanging the page.
 fn thumbnail(src: &Path, dst: &Path) -> Result<(), String> {
     let img = fgia_core::imaging::load_rgb(src).map_err(|e| e.to_string())?;
     // Fit inside 160 x 160, keeping the aspect ratio.

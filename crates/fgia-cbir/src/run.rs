@@ -349,9 +349,10 @@ pub fn run_recipe<B: AutodiffBackend>(
     let started = Instant::now();
     let run_dir = &ctx.run_dir;
     // On resume the run folder's own recipe rules.
-    let text = open_run_dir(run_dir, ctx.resume, &recipe.to_toml())?;
-    let recipe = &CbirRecipe::parse(&text).map_err(|message| TrainError::Recipe { path: run_dir.join("recipe.toml"), message })?;
+    let opened = open_run_dir(run_dir, ctx.resume, &recipe.to_toml())?;
+    let recipe = &CbirRecipe::parse(&opened.recipe).map_err(|message| TrainError::Recipe { path: run_dir.join("recipe.toml"), message })?;
     let ds = retrieval_dataset(recipe, ctx.data_root.as_deref())?;
+    engine::check_run_data(run_dir, ctx.resume, &engine::RunData::new(&ds.root, &ds.classes.names))?;
     let net: Network<B::InnerBackend> = build_backbone(recipe, ctx.pretrained_weights()?, device)?;
     let method = recipe.method.name;
     let mut deviations = recipe.report.deviations.clone();

@@ -115,6 +115,7 @@ pub fn query<B: Backend>(a: QueryArgs, device: B::Device) -> Result<()> {
     let aggregator: Aggregator = ex_info.aggregator.parse().map_err(anyhow::Error::msg)?;
     let (net, transform) = backbone_and_transform::<B>(&ex_info.backbone, ex_info.resolution, a.weights.as_deref(), &device)?;
     let ex = extract(&net, &records_for(&a.images), &transform, aggregator, false, &device, false)?;
+    idx.check_query_dim(ex.dim).map_err(|e| anyhow::anyhow!("{}: {e}", a.index.display()))?;
     // Written with `writeln!` so that a closed pipe (`fgia query ... | head`) ends the command
     // quietly instead of panicking.
     let mut out = std::io::stdout().lock();

@@ -76,6 +76,9 @@ pub enum DataError {
     /// A caller-supplied argument is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A run folder is held by another process.
+    #[error("{0}: another process is writing this run folder (its lock is held); wait for it or choose another folder")]
+    Busy(std::path::PathBuf),
 }
 
 impl DataError {

@@ -5,6 +5,14 @@
 //! 16-bit images are converted to 8-bit RGB. Augmentation draws from
 //! [`SplitMix64::for_item`]`(seed, epoch, index)`, so a run (and a resumed run) repeats exactly,
 //! whatever the number of threads.
+//!
+//! Hostile files are errors naming the file, never a panic or a huge allocation:
+//! - a JPEG whose last scan has no end-of-image marker after it (cut inside its scan data) is an
+//!   error, where the decoder alone would fill the rest with grey;
+//! - the decoder refuses sides above [`MAX_SIDE`] and allocations above [`MAX_DECODE_BYTES`];
+//! - a resize target above [`MAX_RESIZE_PIXELS`] (a 1×4,000,000 strip resized to a shorter side
+//!   of 448) is an error;
+//! - pixel index arithmetic is done in `usize`.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -18,9 +26,47 @@ use crate::datasets::{BBox, Record};
 use crate::error::{DataError, Result};
 use crate::rng::SplitMix64;
 
+/// Longest side the decoder accepts, in pixels.
+pub const MAX_SIDE: u32 = 16_384;
+/// Most bytes the decoder may allocate for one image.
+pub const MAX_DECODE_BYTES: u64 = 512 << 20;
+/// Most pixels of a resize target.
+pub const MAX_RESIZE_PIXELS: u64 = 64 << 20;
+
+/// Whether JPEG bytes end their last scan with an end-of-image marker. Inside entropy-coded data
+/// every `0xFF` is followed by `0x00` or a restart marker, so `FF D9` after the last start-of-scan
+/// (`FF DA`) is the real end; an embedded EXIF thumbnail ends before the main image's scans.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let Some(sos) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else { return false };
+    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+/// Largest image file read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// Reads an image file's bytes: regular files only (a device such as `/dev/zero` or a FIFO
+/// would never end or never open), at most [`MAX_FILE_BYTES`].
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let bad = |message: String| DataError::Image { path: path.to_path_buf(), message };
+    let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(bad(format!("{} bytes, above the limit of {MAX_FILE_BYTES}", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path).and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)).map_err(|e| DataError::io(path, e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(bad(format!("grew past the limit of {MAX_FILE_BYTES} bytes while read")));
+    }
+    Ok(bytes)
+}
+
 /// Decodes an image file to 8-bit RGB.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let bytes = read_image_file(path)?;
     decode_rgb(&bytes).map_err(|message| DataError::Image { path: path.to_path_buf(), message })
 }
 
@@ -31,8 +77,14 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         return Err("unknown image format".into());
     }
     let mut reader = reader;
-    // Fine-grained photos are small; the default limits only guard against decompression bombs.
-    reader.limits(image::Limits::default());
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err("truncated JPEG: no end-of-image marker after the last scan".into());
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
     let img = reader.decode().map_err(|e| e.to_string())?;
     Ok(match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
@@ -140,9 +192,16 @@ impl Transform {
 
     /// Applies the transform to a decoded image, writing `[3, crop, crop]` floats into `out`.
     /// `trim_bottom` rows are dropped first (FGVC-Aircraft's banner); `bbox` is used when
-    /// [`Transform::box_crop`] is set. Returns where the view lies in the source image.
-    pub fn apply(&self, img: &RgbImage, trim_bottom: u32, bbox: Option<BBox>, rng: &mut SplitMix64, out: &mut [f32]) -> ViewGeometry {
+    /// [`Transform::box_crop`] is set. Returns where the view lies in the source image, or an
+    /// error when a resize target would exceed [`MAX_RESIZE_PIXELS`] (an extreme aspect ratio).
+    pub fn apply(&self, img: &RgbImage, trim_bottom: u32, bbox: Option<BBox>, rng: &mut SplitMix64, out: &mut [f32]) -> std::result::Result<ViewGeometry, String> {
         assert_eq!(out.len(), self.output_len(), "output buffer has the wrong size");
+        let bounded = |nw: u64, nh: u64| -> std::result::Result<(u32, u32), String> {
+            if nw.saturating_mul(nh) > MAX_RESIZE_PIXELS || nw > u32::MAX as u64 || nh > u32::MAX as u64 {
+                return Err(format!("a {}x{} image would be resized to {nw}x{nh} pixels, above the limit of {MAX_RESIZE_PIXELS}", img.width(), img.height()));
+            }
+            Ok((nw as u32, nh as u32))
+        };
         let (w, h) = img.dimensions();
         let h = h.saturating_sub(trim_bottom).max(1);
         // Region of the source image to use: whole image, or the clipped box.
@@ -159,9 +218,9 @@ impl Transform {
         let region = image::imageops::crop_imm(img, x0, y0, rw, rh).to_image();
         let resized = if self.resize > 0 {
             let (nw, nh) = if rw <= rh {
-                (self.resize, ((rh as u64 * self.resize as u64 + rw as u64 / 2) / rw as u64).max(1) as u32)
+                bounded(self.resize as u64, ((rh as u64 * self.resize as u64 + rw as u64 / 2) / rw as u64).max(1))?
             } else {
-                (((rw as u64 * self.resize as u64 + rh as u64 / 2) / rh as u64).max(1) as u32, self.resize)
+                bounded(((rw as u64 * self.resize as u64 + rh as u64 / 2) / rh as u64).max(1), self.resize as u64)?
             };
             if (nw, nh) == (rw, rh) { region } else { image::imageops::resize(&region, nw, nh, FilterType::Triangle) }
         } else {
@@ -169,9 +228,10 @@ impl Transform {
         };
         // A crop larger than the image takes the whole image, resized up to the crop.
         let resized = if resized.width() < self.crop || resized.height() < self.crop {
-            let s = self.crop as f32 / resized.width().min(resized.height()) as f32;
-            let nw = ((resized.width() as f32 * s).round() as u32).max(self.crop);
-            let nh = ((resized.height() as f32 * s).round() as u32).max(self.crop);
+            let s = self.crop as f64 / resized.width().min(resized.height()) as f64;
+            let nw = ((resized.width() as f64 * s).round() as u64).max(self.crop as u64);
+            let nh = ((resized.height() as f64 * s).round() as u64).max(self.crop as u64);
+            let (nw, nh) = bounded(nw, nh)?;
             image::imageops::resize(&resized, nw, nh, FilterType::Triangle)
         } else {
             resized
@@ -185,20 +245,21 @@ impl Transform {
         };
         let flip = self.random_flip && rng.coin();
         let (mean, std) = self.normalize.mean_std();
-        let plane = (c * c) as usize;
+        let (c, cx, cy, iw) = (c as usize, cx as usize, cy as usize, iw as usize);
+        let plane = c * c;
         let raw = resized.as_raw();
         for y in 0..c {
-            let row = ((cy + y) * iw) as usize * 3;
+            let row = (cy + y) * iw * 3;
             for x in 0..c {
-                let sx = if flip { cx + c - 1 - x } else { cx + x } as usize;
+                let sx = if flip { cx + c - 1 - x } else { cx + x };
                 let px = &raw[row + sx * 3..row + sx * 3 + 3];
-                let o = (y * c + x) as usize;
+                let o = y * c + x;
                 for ch in 0..3 {
                     out[ch * plane + o] = (px[ch] as f32 - mean[ch]) / std[ch];
                 }
             }
         }
-        ViewGeometry { origin: (x0 as f32, y0 as f32), scale, offset: (cx as f32, cy as f32), crop: c as f32, flipped: flip }
+        Ok(ViewGeometry { origin: (x0 as f32, y0 as f32), scale, offset: (cx as f32, cy as f32), crop: c as f32, flipped: flip })
     }
 }
 
@@ -243,11 +304,13 @@ pub fn load_batch(records: &[Record], indices: &[usize], transform: &Transform, 
         .par_iter()
         .map(|&i| {
             let rec = &records[i];
-            let r = load_rgb(&rec.path).map(|img| {
+            let r = load_rgb(&rec.path).and_then(|img| {
                 let mut out = vec![0f32; n];
                 let mut rng = SplitMix64::for_item(seed, epoch, i as u64);
-                let g = transform.apply(&img, rec.trim_bottom, rec.bbox, &mut rng, &mut out);
-                (out, g)
+                let g = transform
+                    .apply(&img, rec.trim_bottom, rec.bbox, &mut rng, &mut out)
+                    .map_err(|message| DataError::Image { path: rec.path.clone(), message })?;
+                Ok((out, g))
             });
             (i, r)
         })
@@ -321,6 +384,60 @@ mod tests {
         assert!(e.to_string().contains("cut.png"), "{e}");
         let e = load_rgb(&dir.path().join("absent.jpg")).expect_err("missing fails");
         assert!(e.to_string().contains("absent.jpg"), "{e}");
+        // A device, directly or behind a symlink with an image's name, is never read.
+        let link = dir.path().join("zero.jpg");
+        std::os::unix::fs::symlink("/dev/zero", &link).expect("symlink");
+        for p in [Path::new("/dev/zero"), link.as_path(), dir.path()] {
+            let e = load_rgb(p).expect_err("not a regular file").to_string();
+            assert!(e.contains("not a regular file") && e.contains(&p.display().to_string()), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_jpeg_cut_inside_its_scan_data_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let jpg = encode(&DynamicImage::ImageRgb8(gradient(96, 64)), image::ImageFormat::Jpeg);
+        let p = dir.path().join("whole.jpg");
+        std::fs::write(&p, &jpg).expect("write");
+        load_rgb(&p).expect("the whole file decodes");
+        // Trailing bytes after the end marker are tolerated, as many cameras write them.
+        let mut trailing = jpg.clone();
+        trailing.extend_from_slice(&[0u8; 100]);
+        decode_rgb(&trailing).expect("trailing zeros");
+        for cut in [jpg.len() * 2 / 3, jpg.len() - 2] {
+            let p = dir.path().join("cut.jpg");
+            std::fs::write(&p, &jpg[..cut]).expect("write");
+            let e = load_rgb(&p).expect_err("truncated jpeg fails").to_string();
+            assert!(e.contains("cut.jpg") && e.contains("truncated JPEG"), "{e}");
+        }
+        // Where bad items are skipped, the batch names it as a skipped file.
+        let rec = Record::new(dir.path().join("cut.jpg"), 0, "cut".into());
+        let b = load_batch(&[rec], &[0], &Transform::eval(32, 32, Normalize::Imagenet), 0, 0, true).expect("skips");
+        assert_eq!((b.labels.len(), b.skipped.len()), (0, 1));
+        assert!(b.skipped[0].to_string().contains("cut.jpg"));
+    }
+
+    #[test]
+    fn a_strip_image_is_refused_at_decode_and_at_resize() {
+        // 1 x 4 000 000 grey pixels: about 15 KB as PNG, and 448 x 1.8·10⁹ after a shorter-side
+        // resize to 448.
+        let strip: ImageBuffer<Luma<u8>, Vec<u8>> = ImageBuffer::from_pixel(1, 4_000_000, Luma([128u8]));
+        let mut png = Vec::new();
+        let enc = image::codecs::png::PngEncoder::new_with_quality(&mut png, image::codecs::png::CompressionType::Best, image::codecs::png::FilterType::NoFilter);
+        image::ImageEncoder::write_image(enc, strip.as_raw(), 1, 4_000_000, image::ExtendedColorType::L8).expect("png");
+        assert!(png.len() < 64 << 10, "{} bytes", png.len());
+        let e = decode_rgb(&png).expect_err("too tall");
+        assert!(e.to_lowercase().contains("limit"), "{e}");
+        // Within the decoder's limits, the resize target is still bounded.
+        let img = gradient(1, MAX_SIDE);
+        let t = Transform::eval(448, 448, Normalize::Imagenet);
+        let mut out = vec![0f32; t.output_len()];
+        let e = t.apply(&img, 0, None, &mut SplitMix64::new(0), &mut out).expect_err("huge resize");
+        assert!(e.contains("above the limit"), "{e}");
+        // A crop larger than a thin image takes the other bound.
+        let t = Transform::eval(0, 448, Normalize::Imagenet);
+        let e = t.apply(&img, 0, None, &mut SplitMix64::new(0), &mut out).expect_err("huge upscale");
+        assert!(e.contains("above the limit"), "{e}");
     }
 
     #[test]
@@ -329,7 +446,7 @@ mod tests {
         let img = gradient(8, 4);
         let t = Transform { resize: 4, crop: 4, crop_mode: CropMode::Center, random_flip: false, box_crop: false, normalize: Normalize::Symmetric127 };
         let mut out = vec![0.0; t.output_len()];
-        t.apply(&img, 0, None, &mut SplitMix64::new(0), &mut out);
+        t.apply(&img, 0, None, &mut SplitMix64::new(0), &mut out).expect("applies");
         let expect_r = |x: u32| (((x * 255 / 8) as f32) - 127.0) / 128.0;
         assert_eq!(out[0], expect_r(2));
         assert_eq!(out[3], expect_r(5));
@@ -343,7 +460,7 @@ mod tests {
         let mut t = Transform::train(30, 24, Normalize::Symmetric127);
         let run = |t: &Transform, seed: u64| {
             let mut out = vec![0.0; t.output_len()];
-            t.apply(&img, 0, None, &mut SplitMix64::for_item(seed, 0, 5), &mut out);
+            t.apply(&img, 0, None, &mut SplitMix64::for_item(seed, 0, 5), &mut out).expect("applies");
             out
         };
         assert_eq!(run(&t, 1), run(&t, 1));
@@ -369,7 +486,7 @@ mod tests {
         let mut seen = (0, 0);
         for seed in 0..40 {
             let mut out = vec![0.0; t.output_len()];
-            let g = t.apply(&img, 0, None, &mut SplitMix64::for_item(seed, 0, 0), &mut out);
+            let g = t.apply(&img, 0, None, &mut SplitMix64::for_item(seed, 0, 0), &mut out).expect("applies");
             let (u, v) = g.map_point(152.0, 32.0);
             let brightest = (0..64 * 64).max_by(|&a, &b| out[a].total_cmp(&out[b])).expect("pixels");
             let (bx, by) = ((brightest % 64) as f32 + 0.5, (brightest / 64) as f32 + 0.5);
@@ -387,7 +504,7 @@ mod tests {
         // A box crop moves the origin.
         t.box_crop = true;
         let mut out = vec![0.0; t.output_len()];
-        let g = t.apply(&img, 0, Some(BBox { x: 120.0, y: 10.0, w: 60.0, h: 60.0 }), &mut SplitMix64::new(3), &mut out);
+        let g = t.apply(&img, 0, Some(BBox { x: 120.0, y: 10.0, w: 60.0, h: 60.0 }), &mut SplitMix64::new(3), &mut out).expect("applies");
         assert_eq!(g.origin, (120.0, 10.0));
         assert!(g.map_box(BBox { x: 0.0, y: 0.0, w: 10.0, h: 10.0 }).is_none(), "a box outside the crop maps to nothing");
     }
@@ -399,13 +516,13 @@ mod tests {
         let mut t = Transform::eval(8, 8, Normalize::Symmetric127);
         t.box_crop = true;
         let mut out = vec![0.0; t.output_len()];
-        t.apply(&img, 0, Some(BBox { x: 11.0, y: 2.0, w: 8.0, h: 16.0 }), &mut SplitMix64::new(0), &mut out);
+        t.apply(&img, 0, Some(BBox { x: 11.0, y: 2.0, w: 8.0, h: 16.0 }), &mut SplitMix64::new(0), &mut out).expect("applies");
         assert!(out[..64].iter().all(|&v| v < 0.0), "red plane must be empty");
         // Banner: bottom 10 rows white are removed entirely.
         let img: RgbImage = ImageBuffer::from_fn(30, 40, |_, y| if y >= 30 { Rgb([255, 255, 255]) } else { Rgb([0, 0, 0]) });
         let t = Transform::eval(30, 30, Normalize::Symmetric127);
         let mut out = vec![0.0; t.output_len()];
-        t.apply(&img, 10, None, &mut SplitMix64::new(0), &mut out);
+        t.apply(&img, 10, None, &mut SplitMix64::new(0), &mut out).expect("applies");
         assert!(out.iter().all(|&v| v < 0.0));
     }
 }

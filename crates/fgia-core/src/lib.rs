@@ -6,6 +6,7 @@
 
 pub mod datasets;
 pub mod error;
+pub mod fuzz;
 pub mod imaging;
 pub mod linalg;
 pub mod mat;
@@ -14,6 +15,7 @@ pub mod paths;
 pub mod record;
 pub mod retrieval;
 pub mod rng;
+pub mod runlock;
 pub mod sampler;
 pub mod testing;
 

@@ -4,6 +4,13 @@
 //!
 //! Format: "MAT-File Format", The MathWorks, sections 1-3 (level 5). Sparse and object arrays are
 //! reported as [`MatValue::Unsupported`] rather than failing the whole file.
+//!
+//! A hostile header is an error, never an abort or a huge allocation ([`Limits`]):
+//! - dimensions are non-negative and their product is computed with checked arithmetic;
+//! - every element count is bounded by the bytes left in its element (each cell or struct
+//!   element takes at least an 8-byte tag), before anything is allocated for it;
+//! - a `miCOMPRESSED` element inflates to at most [`Limits::max_inflated`] bytes;
+//! - cells and structs nest at most [`Limits::max_depth`] deep.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -34,6 +41,24 @@ const MX_STRUCT: u8 = 2;
 const MX_CHAR: u8 = 4;
 const MX_DOUBLE: u8 = 6;
 const MX_UINT64: u8 = 15;
+
+/// Bounds on what a MAT file may ask the reader for.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most bytes one `miCOMPRESSED` element may inflate to.
+    pub max_inflated: usize,
+    /// Deepest nesting of cells and structs.
+    pub max_depth: usize,
+    /// Most rows of an empty (`m x 0`) char array, which carries no bytes to bound it.
+    pub max_empty_rows: usize,
+}
+
+impl Default for Limits {
+    /// The largest annotation file (`cars_annos.mat`) is about 1 MB inflated and 3 levels deep.
+    fn default() -> Self {
+        Self { max_inflated: 256 << 20, max_depth: 32, max_empty_rows: 1 << 16 }
+    }
+}
 
 /// One MATLAB array. Multi-element arrays keep MATLAB's column-major order.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,8 +162,14 @@ impl MatFile {
         Self::parse(&bytes).map_err(|message| DataError::format(path, message))
     }
 
-    /// Parses the bytes of a MAT file. Errors are plain messages; [`MatFile::open`] adds the path.
+    /// Parses the bytes of a MAT file under the default [`Limits`]. Errors are plain messages;
+    /// [`MatFile::open`] adds the path.
     pub fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
+        Self::parse_with(bytes, Limits::default())
+    }
+
+    /// Parses the bytes of a MAT file under the given limits.
+    pub fn parse_with(bytes: &[u8], limits: Limits) -> std::result::Result<Self, String> {
         if bytes.len() < 128 {
             return Err(format!("not a MAT-file: {} bytes, the header alone has 128", bytes.len()));
         }
@@ -162,18 +193,22 @@ impl MatFile {
                 MI_COMPRESSED => {
                     let mut inflated = Vec::new();
                     flate2::read::ZlibDecoder::new(data)
+                        .take(limits.max_inflated as u64 + 1)
                         .read_to_end(&mut inflated)
                         .map_err(|e| format!("bad compressed element at byte {}: {e}", cursor.pos))?;
+                    if inflated.len() > limits.max_inflated {
+                        return Err(format!("compressed element before byte {} inflates past the limit of {} bytes", cursor.pos, limits.max_inflated));
+                    }
                     let mut inner = Cursor { bytes: &inflated, pos: 0, big_endian };
                     let (ity, idata) = inner.element()?;
                     if ity != MI_MATRIX {
                         return Err(format!("compressed element holds type {ity}, not a matrix"));
                     }
-                    let (name, value) = parse_matrix(idata, big_endian)?;
+                    let (name, value) = parse_matrix(idata, big_endian, &limits, 0)?;
                     out.vars.insert(name, value);
                 }
                 MI_MATRIX => {
-                    let (name, value) = parse_matrix(data, big_endian)?;
+                    let (name, value) = parse_matrix(data, big_endian, &limits, 0)?;
                     out.vars.insert(name, value);
                 }
                 other => return Err(format!("unexpected top-level element type {other}")),
@@ -259,40 +294,73 @@ fn numbers(ty: u32, data: &[u8], big_endian: bool) -> std::result::Result<Vec<f6
     })
 }
 
-fn parse_matrix(data: &[u8], big_endian: bool) -> std::result::Result<(String, MatValue), String> {
+/// The element count of `dims`, or an error for a negative dimension or an overflowing product.
+fn element_count(raw: &[f64], name: &str) -> std::result::Result<(Vec<usize>, usize), String> {
+    let mut dims = Vec::with_capacity(raw.len());
+    let mut count: usize = 1;
+    for &d in raw {
+        if !(d >= 0.0 && d.fract() == 0.0 && d <= usize::MAX as f64) {
+            return Err(format!("array '{name}' has the invalid dimension {d} (dims {raw:?})"));
+        }
+        let d = d as usize;
+        count = count.checked_mul(d).ok_or_else(|| format!("array '{name}': the product of dims {raw:?} overflows"))?;
+        dims.push(d);
+    }
+    Ok((dims, count))
+}
+
+/// Refuses `count` elements of at least 8 bytes each when fewer bytes than that remain.
+fn fits(count: usize, per: usize, remaining: usize, what: &str, name: &str) -> std::result::Result<(), String> {
+    match count.checked_mul(per).and_then(|n| n.checked_mul(8)) {
+        Some(need) if need <= remaining => Ok(()),
+        _ => Err(format!("{what} '{name}' claims {count} elements of {per} fields, but only {remaining} bytes remain")),
+    }
+}
+
+fn parse_matrix(data: &[u8], big_endian: bool, limits: &Limits, depth: usize) -> std::result::Result<(String, MatValue), String> {
     if data.is_empty() {
         return Ok((String::new(), MatValue::Empty));
+    }
+    if depth >= limits.max_depth {
+        return Err(format!("cells and structs nest deeper than {} levels", limits.max_depth));
     }
     let mut c = Cursor { bytes: data, pos: 0, big_endian };
     let (_, flags) = c.element()?;
     let flags = numbers(MI_UINT32, flags, big_endian)?;
     let class = (*flags.first().ok_or("missing array flags")? as u32 & 0xff) as u8;
     let complex = (*flags.first().unwrap_or(&0.0) as u32) & 0x800 != 0;
-    let (dty, dims) = c.element()?;
-    let dims: Vec<usize> = numbers(dty, dims, big_endian)?.into_iter().map(|d| d as usize).collect();
-    let count: usize = dims.iter().product();
+    let (dty, raw_dims) = c.element()?;
+    let raw_dims = numbers(dty, raw_dims, big_endian)?;
     let (_, name) = c.element()?;
     let name = String::from_utf8_lossy(name).into_owned();
+    let (dims, count) = element_count(&raw_dims, &name)?;
     let value = match class {
         MX_CELL => {
+            fits(count, 1, data.len().saturating_sub(c.pos), "cell", &name)?;
             let mut items = Vec::with_capacity(count);
             for _ in 0..count {
                 let (ty, d) = c.element()?;
                 if ty != MI_MATRIX {
                     return Err(format!("cell element of type {ty}"));
                 }
-                items.push(parse_matrix(d, big_endian)?.1);
+                items.push(parse_matrix(d, big_endian, limits, depth + 1)?.1);
             }
             MatValue::Cell { dims, items }
         }
         MX_STRUCT => {
             let (lty, len) = c.element()?;
-            let len = *numbers(lty, len, big_endian)?.first().ok_or("missing field name length")? as usize;
+            let len = *numbers(lty, len, big_endian)?.first().ok_or("missing field name length")?;
             let (_, names) = c.element()?;
-            if len == 0 {
-                return Err("struct field name length 0".into());
+            if !(len >= 1.0 && len <= names.len().max(1) as f64) {
+                return Err(format!("struct '{name}': field name length {len} for {} bytes of names", names.len()));
             }
+            let len = len as usize;
             let fields: Vec<String> = names.chunks(len).map(|n| String::from_utf8_lossy(n.split(|&b| b == 0).next().unwrap_or(&[])).into_owned()).collect();
+            // With no field, each element takes no byte: bound the count like an empty char array.
+            if fields.is_empty() && count > limits.max_empty_rows {
+                return Err(format!("struct '{name}' has {count} elements and no field"));
+            }
+            fits(count, fields.len(), data.len().saturating_sub(c.pos), "struct", &name)?;
             let mut items = Vec::with_capacity(count);
             for _ in 0..count {
                 let mut item = BTreeMap::new();
@@ -301,7 +369,7 @@ fn parse_matrix(data: &[u8], big_endian: bool) -> std::result::Result<(String, M
                     if ty != MI_MATRIX {
                         return Err(format!("struct field '{field}' of type {ty}"));
                     }
-                    item.insert(field.clone(), parse_matrix(d, big_endian)?.1);
+                    item.insert(field.clone(), parse_matrix(d, big_endian, limits, depth + 1)?.1);
                 }
                 items.push(item);
             }
@@ -314,9 +382,13 @@ fn parse_matrix(data: &[u8], big_endian: bool) -> std::result::Result<(String, M
             } else {
                 numbers(ty, d, big_endian)?.into_iter().map(|v| v as u32).collect()
             };
+            // The product of all dims did not overflow, so neither does this one.
             let (m, n) = (dims.first().copied().unwrap_or(0), dims.iter().skip(1).product::<usize>());
-            if codes.len() < m * n {
+            if codes.len() < count {
                 return Err(format!("char array '{name}' has {} codes for {m}x{n}", codes.len()));
+            }
+            if n == 0 && m > limits.max_empty_rows {
+                return Err(format!("char array '{name}' has {m} empty rows"));
             }
             // Column-major: code (i, j) sits at j * m + i.
             let rows = (0..m).map(|i| (0..n).filter_map(|j| char::from_u32(codes[j * m + i])).collect::<String>()).collect();
@@ -546,5 +618,139 @@ mod tests {
         bytes.extend(el(MI_MATRIX, &body));
         let f = MatFile::parse(&bytes).expect("parses");
         assert_eq!(f.get("x").expect("x").as_scalar(), Some(200.0));
+    }
+
+    /// A data element with an 8-byte tag, padded to 8 bytes.
+    fn el(ty: u32, data: &[u8]) -> Vec<u8> {
+        let mut v = ty.to_le_bytes().to_vec();
+        v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        v.extend_from_slice(data);
+        while !v.len().is_multiple_of(8) {
+            v.push(0);
+        }
+        v
+    }
+
+    /// The head of a matrix (flags, dims, name) with dims stored as `dims_ty`.
+    fn head(class: u8, dims_ty: u32, dims: &[u8], name: &str) -> Vec<u8> {
+        let mut b = el(MI_UINT32, &[class, 0, 0, 0, 0, 0, 0, 0]);
+        b.extend(el(dims_ty, dims));
+        b.extend(el(MI_INT8, name.as_bytes()));
+        b
+    }
+
+    fn file_of(matrix_body: &[u8]) -> Vec<u8> {
+        let mut bytes = to_bytes(&[], false);
+        bytes.extend(el(MI_MATRIX, matrix_body));
+        bytes
+    }
+
+    fn i32s(v: &[i32]) -> Vec<u8> {
+        v.iter().flat_map(|d| d.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn hostile_dimensions_are_errors_not_aborts() {
+        let f64s = |v: &[f64]| -> Vec<u8> { v.iter().flat_map(|d| d.to_le_bytes()).collect() };
+        let i64s = |v: &[i64]| -> Vec<u8> { v.iter().flat_map(|d| d.to_le_bytes()).collect() };
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            // A cell of 10¹² elements in under 200 bytes: would reserve 10¹² values.
+            ("cell 1x1e12", file_of(&head(MX_CELL, MI_DOUBLE, &f64s(&[1.0, 1e12]), "c")), "only"),
+            // 2³¹-1 empty rows: would build two billion strings.
+            (
+                "char 2147483647x0",
+                {
+                    let mut b = head(MX_CHAR, MI_INT32, &i32s(&[i32::MAX, 0]), "s");
+                    b.extend(el(MI_UINT16, &[]));
+                    file_of(&b)
+                },
+                "empty rows",
+            ),
+            // 2⁶⁴: wraps to 0, an empty cell.
+            ("dims wrap to 0", file_of(&head(MX_CELL, MI_INT32, &i32s(&[65536, 65536, 65536, 65536]), "w")), "overflows"),
+            // 274177 × 67280421310721 = 2⁶⁴ + 1: wraps to 1, a 1-value array that looks valid.
+            (
+                "dims wrap to 1",
+                {
+                    let mut b = head(MX_DOUBLE, MI_INT64, &i64s(&[274_177, 67_280_421_310_721]), "v");
+                    b.extend(el(MI_DOUBLE, &1.0f64.to_le_bytes()));
+                    file_of(&b)
+                },
+                "overflows",
+            ),
+            ("struct 1e12 elements", file_of(&{
+                let mut b = head(MX_STRUCT, MI_DOUBLE, &f64s(&[1.0, 1e12]), "st");
+                b.extend(el(MI_INT32, &8i32.to_le_bytes()));
+                b.extend(el(MI_INT8, b"field\0\0\0"));
+                b
+            }), "only"),
+            ("negative dim", file_of(&head(MX_DOUBLE, MI_INT32, &i32s(&[-3, 1]), "n")), "invalid dimension -3"),
+        ];
+        for (what, bytes, expect) in cases {
+            assert!(bytes.len() < 256, "{what}: {} bytes", bytes.len());
+            let e = MatFile::parse(&bytes).expect_err(what);
+            assert!(e.contains(expect), "{what}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_error_names_the_mat_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("cars_annos.mat");
+        std::fs::write(&p, file_of(&head(MX_DOUBLE, MI_INT32, &i32s(&[-3, 1]), "n"))).expect("write");
+        let e = MatFile::open(&p).expect_err("negative").to_string();
+        assert!(e.contains("cars_annos.mat") && e.contains("invalid dimension -3"), "{e}");
+    }
+
+    #[test]
+    fn a_compressed_bomb_stops_at_the_inflate_limit() {
+        use std::io::Write;
+        // 64 MiB of zeros deflate to about 64 KiB; with a 1 MiB limit the reader stops there.
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut inner = MI_MATRIX.to_le_bytes().to_vec();
+        inner.extend_from_slice(&(64u32 << 20).to_le_bytes());
+        enc.write_all(&inner).expect("zlib");
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            enc.write_all(&zeros).expect("zlib");
+        }
+        let z = enc.finish().expect("zlib");
+        let mut bytes = to_bytes(&[], false);
+        bytes.extend_from_slice(&MI_COMPRESSED.to_le_bytes());
+        bytes.extend_from_slice(&(z.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&z);
+        assert!(bytes.len() < 1 << 20);
+        let limits = Limits { max_inflated: 1 << 20, ..Limits::default() };
+        let e = MatFile::parse_with(&bytes, limits).expect_err("bomb");
+        assert!(e.contains("inflates past the limit"), "{e}");
+        // The real annotation files are far below the default.
+        assert!(MatFile::parse(&to_bytes(&sample(), true)).is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_stops_at_the_depth_limit() {
+        // 100 000 cells, each the only element of the one outside it, written from the outside in
+        // (each tag carries the size of everything inside it).
+        let levels = 100_000usize;
+        let h = head(MX_CELL, MI_INT32, &i32s(&[1, 1]), "");
+        let mut bytes = to_bytes(&[], false);
+        // The innermost cell is 1x1 and holds an empty matrix (an 8-byte tag of length 0).
+        // Level k holds its head and level k + 1; the innermost element is a bare 8-byte tag.
+        let content = |k: usize| -> usize { (levels - k) * (h.len() + 8) };
+        for k in 0..levels {
+            bytes.extend_from_slice(&MI_MATRIX.to_le_bytes());
+            bytes.extend_from_slice(&(content(k) as u32).to_le_bytes());
+            bytes.extend_from_slice(&h);
+        }
+        bytes.extend_from_slice(&MI_MATRIX.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        let e = MatFile::parse(&bytes).expect_err("deep");
+        assert!(e.contains("nest deeper than 32"), "{e}");
+        // Shallow nesting of the same shape still reads.
+        let mut v = MatValue::Empty;
+        for _ in 0..10 {
+            v = cell_column(vec![v]);
+        }
+        assert!(MatFile::parse(&to_bytes(&[("deep", v)], false)).is_ok());
     }
 }

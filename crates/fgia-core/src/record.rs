@@ -137,22 +137,96 @@ impl ResultRecord {
     }
 }
 
-/// One line of `metrics.jsonl`.
+/// Serde for `f64` that keeps NaN and ±inf: JSON has no such numbers, and `serde_json` writes
+/// them as `null`, which then fails to read back as a number. Non-finite values are written as
+/// the strings `"NaN"`, `"inf"` and `"-inf"`; reading also accepts `null` (as NaN), so lines
+/// written before this rule still load.
+pub mod nonfinite {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f64),
+        Text(String),
+        Null(()),
+    }
+
+    fn from_repr<E: serde::de::Error>(r: Repr) -> Result<f64, E> {
+        match r {
+            Repr::Number(v) => Ok(v),
+            Repr::Null(()) => Ok(f64::NAN),
+            Repr::Text(t) => match t.as_str() {
+                "NaN" | "nan" => Ok(f64::NAN),
+                "inf" | "Infinity" | "+inf" => Ok(f64::INFINITY),
+                "-inf" | "-Infinity" => Ok(f64::NEG_INFINITY),
+                other => Err(E::custom(format!("'{other}' is not a number"))),
+            },
+        }
+    }
+
+    /// Writes a number, or a string for NaN and ±inf.
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    /// Reads what [`serialize`] writes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        from_repr(Repr::deserialize(d)?)
+    }
+
+    /// The same for `Option<f64>` (`null` stays `None`).
+    pub mod option {
+        use super::*;
+
+        /// Writes `null`, a number, or a string for NaN and ±inf.
+        pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads what [`serialize`] writes.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+            match Option::<Repr>::deserialize(d)? {
+                None | Some(Repr::Null(())) => Ok(None),
+                Some(r) => from_repr(r).map(Some),
+            }
+        }
+    }
+}
+
+/// One line of `metrics.jsonl`. Non-finite values round-trip ([`nonfinite`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// 1-based epoch.
     pub epoch: usize,
     /// Mean training loss.
+    #[serde(with = "nonfinite")]
     pub train_loss: f64,
     /// Training accuracy on the augmented batches, percent.
+    #[serde(with = "nonfinite")]
     pub train_top1: f64,
     /// Learning rate of the pretrained layers at the end of the epoch.
+    #[serde(with = "nonfinite")]
     pub lr: f64,
     /// Global gradient norm (before clipping), mean over the epoch.
+    #[serde(with = "nonfinite")]
     pub grad_norm: f64,
     /// Test top-1 when evaluated this epoch (for the curves only).
+    #[serde(with = "nonfinite::option", default)]
     pub test_top1: Option<f64>,
     /// Seconds spent in this epoch.
+    #[serde(with = "nonfinite")]
     pub seconds: f64,
     /// Images skipped as undecodable in this epoch.
     pub skipped_images: usize,
@@ -169,25 +243,31 @@ pub fn read_metrics(run_dir: &Path) -> Result<Vec<EpochMetrics>> {
         .collect()
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed to disk,
-/// then renamed over the target. A crash leaves either the old file or the new one, never a
-/// torn one.
+/// The infix of the temporary files of [`write_atomic`]: `.<name>.tmp-<random>`.
+pub const TMP_INFIX: &str = ".tmp-";
+
+/// Writes `bytes` to `path` atomically: a temporary file with a unique name in the same folder,
+/// synced to disk, renamed over the target, and the folder synced. A crash leaves either the old
+/// file or the new one, never a torn one; a temporary file left by a kill is removed when its
+/// run folder is next claimed ([`crate::runlock`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     let name = path.file_name().ok_or_else(|| DataError::Invalid(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(DataError::io(path, e));
-    }
-    Ok(())
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}{TMP_INFIX}", name.to_string_lossy()))
+        .tempfile_in(dir)
+        .map_err(|e| DataError::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| DataError::io(tmp.path(), e))?;
+    tmp.as_file().sync_all().map_err(|e| DataError::io(tmp.path(), e))?;
+    // On failure the temporary file is removed when `tmp` drops.
+    tmp.persist(path).map_err(|e| DataError::io(path, e.error))?;
+    sync_dir(dir)
+}
+
+/// Syncs a folder, so that a rename inside it survives a power loss.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| DataError::io(dir, e))
 }
 
 /// Serialises `value` as pretty JSON and writes it with [`write_atomic`].
@@ -289,5 +369,26 @@ mod tests {
         let s = now_utc_rfc3339();
         assert_eq!(s.len(), 20);
         assert!(s.starts_with("20") && s.ends_with('Z'));
+    }
+
+    #[test]
+    fn non_finite_metrics_round_trip_through_metrics_jsonl() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lines = [
+            EpochMetrics { epoch: 1, train_loss: f64::NAN, train_top1: 1.0, lr: 0.1, grad_norm: f64::INFINITY, test_top1: Some(f64::NEG_INFINITY), seconds: 2.0, skipped_images: 0 },
+            EpochMetrics { epoch: 2, train_loss: 0.5, train_top1: 2.0, lr: 0.1, grad_norm: 3.0, test_top1: None, seconds: 2.0, skipped_images: 1 },
+        ];
+        let text: String = lines.iter().map(|m| format!("{}\n", serde_json::to_string(m).expect("serialise"))).collect();
+        assert!(text.contains("\"NaN\"") && text.contains("\"inf\"") && text.contains("\"-inf\""), "{text}");
+        std::fs::write(dir.path().join("metrics.jsonl"), &text).expect("write");
+        let back = read_metrics(dir.path()).expect("reads back");
+        assert!(back[0].train_loss.is_nan());
+        assert_eq!((back[0].grad_norm, back[0].test_top1), (f64::INFINITY, Some(f64::NEG_INFINITY)));
+        assert_eq!(back[1], lines[1]);
+        // A line written as serde_json does by default (`null`) still reads.
+        let old = r#"{"epoch":3,"train_loss":null,"train_top1":1.0,"lr":0.1,"grad_norm":null,"test_top1":null,"seconds":1.0,"skipped_images":0}"#;
+        let m: EpochMetrics = serde_json::from_str(old).expect("null reads as NaN");
+        assert!(m.train_loss.is_nan() && m.test_top1.is_none());
+        assert!(serde_json::from_str::<EpochMetrics>(&old.replace("null,\"train_top1", "\"many\",\"train_top1")).is_err());
     }
 }

@@ -629,10 +629,11 @@ pub fn run_recipe<B: AutodiffBackend>(
     let started = Instant::now();
     let run_dir = &ctx.run_dir;
     // On resume the run folder's own recipe rules.
-    let text = open_run_dir(run_dir, ctx.resume, &r.to_toml())?;
-    let r = &EncodingRecipe::parse(&text).map_err(|message| TrainError::Recipe { path: run_dir.join("recipe.toml"), message })?;
+    let opened = open_run_dir(run_dir, ctx.resume, &r.to_toml())?;
+    let r = &EncodingRecipe::parse(&opened.recipe).map_err(|message| TrainError::Recipe { path: run_dir.join("recipe.toml"), message })?;
     let ds = dataset(r, ctx.data_root.as_deref())?;
     let root = r.data.root(ctx.data_root.as_deref())?;
+    engine::check_run_data(run_dir, ctx.resume, &engine::RunData::new(&root, &ds.classes.names))?;
     let classes = ds.num_classes();
     B::seed(device, r.train.seed);
     let net_inner: Network<B::InnerBackend> = {

@@ -9,6 +9,13 @@
 //! This is a small pickle interpreter for the opcodes `torch.save` emits (protocols 2 to 5). It
 //! rebuilds no data; it only records, for each `torch._utils._rebuild_tensor(_v2)` call, the
 //! arguments that describe the view.
+//!
+//! A hostile pickle is an error, never an abort or a stack overflow:
+//! - every value created, copied by `DUP` or fetched from the memo counts towards
+//!   [`MAX_NODES`] (a `DUP`/`TUPLE2` doubling bomb stops there);
+//! - containers nest at most [`MAX_DEPTH`] deep (a million nested lists would overflow the stack
+//!   when dropped);
+//! - lengths, including 8-byte ones, are checked against the bytes left.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -43,11 +50,11 @@ impl TensorLayout {
     /// as a contiguous reader returns them) into row-major order. `None` when the view reaches
     /// beyond those `n` elements (a slice of a larger storage).
     pub fn to_row_major<T: Copy>(&self, raw: &[T]) -> Option<Vec<T>> {
-        let n: usize = self.shape.iter().product();
+        let n = self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
         if raw.len() != n {
             return None;
         }
-        let max: usize = self.shape.iter().zip(&self.stride).map(|(&d, &s)| d.saturating_sub(1) * s).sum();
+        let max = self.shape.iter().zip(&self.stride).try_fold(0usize, |acc, (&d, &s)| acc.checked_add(d.saturating_sub(1).checked_mul(s)?))?;
         if n > 0 && max >= n {
             return None;
         }
@@ -68,6 +75,19 @@ impl TensorLayout {
     }
 }
 
+/// Most values one pickle may create or copy.
+pub const MAX_NODES: u64 = 10_000_000;
+/// Deepest nesting of containers.
+pub const MAX_DEPTH: u32 = 100;
+
+/// The height and the number of values of a container, kept so that copying and nesting are
+/// checked in constant time.
+#[derive(Debug, Clone, Copy, Default)]
+struct Size {
+    height: u32,
+    nodes: u64,
+}
+
 #[derive(Debug, Clone)]
 enum V {
     None,
@@ -76,9 +96,9 @@ enum V {
     Float,
     Str(String),
     Bytes,
-    Tuple(Vec<V>),
-    List(Vec<V>),
-    Dict(Vec<(V, V)>),
+    Tuple(Vec<V>, Size),
+    List(Vec<V>, Size),
+    Dict(Vec<(V, V)>, Size),
     Global(String, String),
     Persistent,
     Tensor(TensorLayout),
@@ -86,9 +106,58 @@ enum V {
     Opaque,
 }
 
+impl V {
+    fn size(&self) -> Size {
+        match self {
+            V::Tuple(_, s) | V::List(_, s) | V::Dict(_, s) => *s,
+            _ => Size { height: 0, nodes: 1 },
+        }
+    }
+}
+
+/// The size of a container of `children`, or an error when it nests too deep.
+fn container_size<'v>(children: impl Iterator<Item = &'v V>) -> Result<Size, String> {
+    let mut s = Size { height: 1, nodes: 1 };
+    for c in children {
+        let cs = c.size();
+        s.height = s.height.max(cs.height + 1);
+        s.nodes = s.nodes.saturating_add(cs.nodes);
+    }
+    if s.height > MAX_DEPTH {
+        return Err(format!("pickle containers nest deeper than {MAX_DEPTH} levels"));
+    }
+    Ok(s)
+}
+
+fn tuple(items: Vec<V>) -> Result<V, String> {
+    let s = container_size(items.iter())?;
+    Ok(V::Tuple(items, s))
+}
+
+fn list(items: Vec<V>) -> Result<V, String> {
+    let s = container_size(items.iter())?;
+    Ok(V::List(items, s))
+}
+
+fn dict(pairs: Vec<(V, V)>) -> Result<V, String> {
+    let s = container_size(pairs.iter().flat_map(|(k, v)| [k, v]))?;
+    Ok(V::Dict(pairs, s))
+}
+
+/// Grows a container's size by one more child, checking the depth.
+fn grow(size: &mut Size, child: &V) -> Result<(), String> {
+    let cs = child.size();
+    size.height = size.height.max(cs.height + 1);
+    size.nodes = size.nodes.saturating_add(cs.nodes);
+    if size.height > MAX_DEPTH {
+        return Err(format!("pickle containers nest deeper than {MAX_DEPTH} levels"));
+    }
+    Ok(())
+}
+
 fn as_usizes(v: &V) -> Option<Vec<usize>> {
     match v {
-        V::Tuple(xs) | V::List(xs) => xs.iter().map(|x| if let V::Int(i) = x { usize::try_from(*i).ok() } else { None }).collect(),
+        V::Tuple(xs, _) | V::List(xs, _) => xs.iter().map(|x| if let V::Int(i) = x { usize::try_from(*i).ok() } else { None }).collect(),
         _ => None,
     }
 }
@@ -96,7 +165,7 @@ fn as_usizes(v: &V) -> Option<Vec<usize>> {
 fn call(func: &V, args: V) -> V {
     let V::Global(module, name) = func else { return V::Opaque };
     let args = match args {
-        V::Tuple(a) => a,
+        V::Tuple(a, _) => a,
         _ => return V::Opaque,
     };
     match (module.as_str(), name.as_str()) {
@@ -117,7 +186,7 @@ fn call(func: &V, args: V) -> V {
             let inner = args[2].clone();
             call(&args[0], inner)
         }
-        ("collections", "OrderedDict") => V::Dict(Vec::new()),
+        ("collections", "OrderedDict") => V::Dict(Vec::new(), Size { height: 1, nodes: 1 }),
         _ => V::Opaque,
     }
 }
@@ -127,12 +196,34 @@ struct Machine<'a> {
     pos: usize,
     stack: Vec<V>,
     memo: HashMap<u32, V>,
+    /// Values created or copied so far.
+    nodes: u64,
 }
 
 impl<'a> Machine<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let s = self.bytes.get(self.pos..self.pos + n).ok_or_else(|| format!("pickle truncated at byte {}", self.pos))?;
-        self.pos += n;
+    fn new(bytes: &'a [u8]) -> Self {
+        Machine { bytes, pos: 0, stack: Vec::new(), memo: HashMap::new(), nodes: 0 }
+    }
+
+    /// Counts `n` more values against [`MAX_NODES`].
+    fn spend(&mut self, n: u64) -> Result<(), String> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            return Err(format!("pickle builds more than {MAX_NODES} values (at byte {})", self.pos));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, v: V) -> Result<(), String> {
+        self.spend(1)?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
+        let end = usize::try_from(n).ok().and_then(|n| self.pos.checked_add(n));
+        let s = end.and_then(|end| self.bytes.get(self.pos..end)).ok_or_else(|| format!("pickle truncated at byte {} (a length of {n})", self.pos))?;
+        self.pos += s.len();
         Ok(s)
     }
 
@@ -140,14 +231,14 @@ impl<'a> Machine<'a> {
         Ok(self.take(1)?[0])
     }
 
-    fn le(&mut self, n: usize) -> Result<u64, String> {
+    fn le(&mut self, n: u64) -> Result<u64, String> {
         let b = self.take(n)?;
         Ok(b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64))
     }
 
     fn line(&mut self) -> Result<String, String> {
         let start = self.pos;
-        let end = self.bytes[start..].iter().position(|&b| b == b'\n').ok_or("unterminated text line in pickle")? + start;
+        let end = self.bytes.get(start..).unwrap_or_default().iter().position(|&b| b == b'\n').ok_or("unterminated text line in pickle")? + start;
         self.pos = end + 1;
         Ok(String::from_utf8_lossy(&self.bytes[start..end]).into_owned())
     }
@@ -178,30 +269,28 @@ impl<'a> Machine<'a> {
                     self.take(8)?;
                 }
                 b'.' => return self.pop(),
-                b'}' => self.stack.push(V::Dict(Vec::new())),
-                b']' => self.stack.push(V::List(Vec::new())),
-                b')' => self.stack.push(V::Tuple(Vec::new())),
-                b'(' => self.stack.push(V::Mark),
-                b'N' => self.stack.push(V::None),
-                0x88 | 0x89 => self.stack.push(V::Bool),
-                b'q' => {
-                    let k = self.u8()? as u32;
-                    let v = self.top_mut()?.clone();
-                    self.memo.insert(k, v);
-                }
-                b'r' => {
-                    let k = self.le(4)? as u32;
-                    let v = self.top_mut()?.clone();
-                    self.memo.insert(k, v);
-                }
-                0x94 => {
-                    let k = self.memo.len() as u32;
-                    let v = self.top_mut()?.clone();
-                    self.memo.insert(k, v);
+                b'}' => self.push(dict(Vec::new())?)?,
+                b']' => self.push(list(Vec::new())?)?,
+                b')' => self.push(tuple(Vec::new())?)?,
+                b'(' => self.push(V::Mark)?,
+                b'N' => self.push(V::None)?,
+                0x88 | 0x89 => self.push(V::Bool)?,
+                b'q' | b'r' | 0x94 => {
+                    let k = match op {
+                        b'q' => self.u8()? as u32,
+                        b'r' => self.le(4)? as u32,
+                        _ => self.memo.len() as u32,
+                    };
+                    let size = self.stack.last().map(V::size).ok_or("pickle stack empty")?;
+                    self.spend(size.nodes)?;
+                    let top = self.stack.last().cloned().unwrap_or(V::None);
+                    self.memo.insert(k, top);
                 }
                 b'h' | b'j' => {
                     let k = if op == b'h' { self.u8()? as u32 } else { self.le(4)? as u32 };
-                    let v = self.memo.get(&k).cloned().ok_or_else(|| format!("pickle memo {k} unset"))?;
+                    let size = self.memo.get(&k).map(V::size).ok_or_else(|| format!("pickle memo {k} unset"))?;
+                    self.spend(size.nodes)?;
+                    let v = self.memo[&k].clone();
                     self.stack.push(v);
                 }
                 b'X' | 0x8c | 0x8d => {
@@ -209,47 +298,48 @@ impl<'a> Machine<'a> {
                         b'X' => self.le(4)?,
                         0x8c => self.u8()? as u64,
                         _ => self.le(8)?,
-                    } as usize;
+                    };
                     let s = String::from_utf8_lossy(self.take(n)?).into_owned();
-                    self.stack.push(V::Str(s));
+                    self.push(V::Str(s))?;
                 }
                 b'T' | b'U' | b'B' | b'C' | 0x8e => {
                     let n = match op {
                         b'T' | b'B' => self.le(4)?,
                         0x8e => self.le(8)?,
                         _ => self.u8()? as u64,
-                    } as usize;
+                    };
                     let b = self.take(n)?;
-                    self.stack.push(if op == b'T' || op == b'U' { V::Str(String::from_utf8_lossy(b).into_owned()) } else { V::Bytes });
+                    let v = if op == b'T' || op == b'U' { V::Str(String::from_utf8_lossy(b).into_owned()) } else { V::Bytes };
+                    self.push(v)?;
                 }
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack.push(V::Global(module, name));
+                    self.push(V::Global(module, name))?;
                 }
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     match (module, name) {
-                        (V::Str(m), V::Str(n)) => self.stack.push(V::Global(m, n)),
+                        (V::Str(m), V::Str(n)) => self.push(V::Global(m, n))?,
                         _ => return Err("STACK_GLOBAL needs two strings".into()),
                     }
                 }
                 b'J' => {
                     let v = self.le(4)? as u32 as i32 as i64;
-                    self.stack.push(V::Int(v));
+                    self.push(V::Int(v))?;
                 }
                 b'K' => {
                     let v = self.u8()? as i64;
-                    self.stack.push(V::Int(v));
+                    self.push(V::Int(v))?;
                 }
                 b'M' => {
                     let v = self.le(2)? as i64;
-                    self.stack.push(V::Int(v));
+                    self.push(V::Int(v))?;
                 }
                 0x8a => {
                     let n = self.u8()? as usize;
-                    let b = self.take(n)?;
+                    let b = self.take(n as u64)?;
                     let mut v: i64 = 0;
                     for (i, &x) in b.iter().enumerate().take(8) {
                         v |= (x as i64) << (8 * i);
@@ -257,32 +347,33 @@ impl<'a> Machine<'a> {
                     if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
                         v -= 1i64 << (8 * n);
                     }
-                    self.stack.push(V::Int(v));
+                    self.push(V::Int(v))?;
                 }
                 b'I' => {
                     let l = self.line()?;
-                    self.stack.push(match l.as_str() {
+                    let v = match l.as_str() {
                         "00" | "01" => V::Bool,
                         s => V::Int(s.parse().map_err(|_| format!("bad INT '{s}'"))?),
-                    });
+                    };
+                    self.push(v)?;
                 }
                 b'G' => {
                     self.take(8)?;
-                    self.stack.push(V::Float);
+                    self.push(V::Float)?;
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(V::Tuple(items));
+                    self.push(tuple(items)?)?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let at = self.stack.len().checked_sub(n).ok_or("pickle stack underflow in TUPLEn")?;
                     let items = self.stack.split_off(at);
-                    self.stack.push(V::Tuple(items));
+                    self.push(tuple(items)?)?;
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(V::List(items));
+                    self.push(list(items)?)?;
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
@@ -291,32 +382,40 @@ impl<'a> Machine<'a> {
                     while let (Some(k), Some(v)) = (it.next(), it.next()) {
                         pairs.push((k, v));
                     }
-                    self.stack.push(V::Dict(pairs));
+                    self.push(dict(pairs)?)?;
                 }
                 b'a' => {
                     let v = self.pop()?;
-                    if let V::List(l) = self.top_mut()? {
+                    if let V::List(l, size) = self.top_mut()? {
+                        grow(size, &v)?;
                         l.push(v);
                     }
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
-                    if let V::List(l) = self.top_mut()? {
-                        l.extend(items);
+                    if let V::List(l, size) = self.top_mut()? {
+                        for v in items {
+                            grow(size, &v)?;
+                            l.push(v);
+                        }
                     }
                 }
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
-                    if let V::Dict(d) = self.top_mut()? {
+                    if let V::Dict(d, size) = self.top_mut()? {
+                        grow(size, &k)?;
+                        grow(size, &v)?;
                         d.push((k, v));
                     }
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
-                    if let V::Dict(d) = self.top_mut()? {
+                    if let V::Dict(d, size) = self.top_mut()? {
                         let mut it = items.into_iter();
                         while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                            grow(size, &k)?;
+                            grow(size, &v)?;
                             d.push((k, v));
                         }
                     }
@@ -324,12 +423,12 @@ impl<'a> Machine<'a> {
                 b'R' => {
                     let args = self.pop()?;
                     let func = self.pop()?;
-                    self.stack.push(call(&func, args));
+                    self.push(call(&func, args))?;
                 }
                 0x81 => {
                     let _args = self.pop()?;
                     let _cls = self.pop()?;
-                    self.stack.push(V::Opaque);
+                    self.push(V::Opaque)?;
                 }
                 b'b' => {
                     // Object state (e.g. an OrderedDict's `_metadata`): not needed.
@@ -337,7 +436,7 @@ impl<'a> Machine<'a> {
                 }
                 b'Q' => {
                     self.pop()?;
-                    self.stack.push(V::Persistent);
+                    self.push(V::Persistent)?;
                 }
                 b'0' => {
                     self.pop()?;
@@ -346,8 +445,10 @@ impl<'a> Machine<'a> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let v = self.top_mut()?.clone();
-                    self.stack.push(v);
+                    let size = self.stack.last().map(V::size).ok_or("pickle stack empty")?;
+                    self.spend(size.nodes)?;
+                    let top = self.stack.last().cloned().unwrap_or(V::None);
+                    self.stack.push(top);
                 }
                 other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {}", self.pos - 1)),
             }
@@ -356,7 +457,7 @@ impl<'a> Machine<'a> {
 }
 
 fn collect(v: &V, prefix: &str, out: &mut HashMap<String, TensorLayout>) {
-    if let V::Dict(pairs) = v {
+    if let V::Dict(pairs, _) = v {
         for (k, val) in pairs {
             let V::Str(k) = k else { continue };
             let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
@@ -364,7 +465,7 @@ fn collect(v: &V, prefix: &str, out: &mut HashMap<String, TensorLayout>) {
                 V::Tensor(t) => {
                     out.insert(key, t.clone());
                 }
-                V::Dict(_) => collect(val, &key, out),
+                V::Dict(..) => collect(val, &key, out),
                 _ => {}
             }
         }
@@ -386,7 +487,7 @@ pub fn read_layouts(path: &Path) -> Result<HashMap<String, TensorLayout>, String
         v
     } else {
         // Legacy: magic number, protocol version and system info pickles, then the object.
-        let mut m = Machine { bytes: &bytes, pos: 0, stack: Vec::new(), memo: HashMap::new() };
+        let mut m = Machine::new(&bytes);
         for _ in 0..3 {
             m.run()?;
             m.stack.clear();
@@ -394,7 +495,12 @@ pub fn read_layouts(path: &Path) -> Result<HashMap<String, TensorLayout>, String
         }
         bytes[m.pos..].to_vec()
     };
-    let mut m = Machine { bytes: &pickle, pos: 0, stack: Vec::new(), memo: HashMap::new() };
+    parse_layouts(&pickle)
+}
+
+/// Layouts of every tensor of one pickle (the `data.pkl` of a zip checkpoint).
+pub fn parse_layouts(pickle: &[u8]) -> Result<HashMap<String, TensorLayout>, String> {
+    let mut m = Machine::new(pickle);
     let top = m.run()?;
     let mut out = HashMap::new();
     collect(&top, "", &mut out);
@@ -418,5 +524,73 @@ mod tests {
         assert!(TensorLayout { offset: 0, shape: vec![1, 4], stride: vec![99, 1] }.is_contiguous());
         // A view that reaches beyond its own elements cannot be rebuilt from them.
         assert_eq!(TensorLayout { offset: 0, shape: vec![2], stride: vec![5] }.to_row_major(&[1, 2]), None);
+    }
+
+    /// A protocol-2 pickle of `body`, ending with STOP.
+    fn pickle(body: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, 2];
+        p.extend_from_slice(body);
+        p.push(b'.');
+        p
+    }
+
+    #[test]
+    fn a_dup_tuple2_doubling_bomb_stops_at_the_value_limit() {
+        // ( ) then 64 times DUP, TUPLE2: 2⁶⁴ leaves if every copy were made.
+        let mut body = vec![b')'];
+        for _ in 0..64 {
+            body.extend_from_slice(&[b'2', 0x86]);
+        }
+        let e = parse_layouts(&pickle(&body)).expect_err("bomb");
+        assert!(e.contains("more than"), "{e}");
+        // The same through the memo: BINPUT 0, BINGET 0, TUPLE2.
+        let mut body = vec![b')'];
+        for _ in 0..64 {
+            body.extend_from_slice(&[b'q', 0, b'h', 0, 0x86]);
+        }
+        let e = parse_layouts(&pickle(&body)).expect_err("memo bomb");
+        assert!(e.contains("more than"), "{e}");
+    }
+
+    #[test]
+    fn a_million_nested_lists_is_an_error_not_a_stack_overflow() {
+        let n = 1_000_000;
+        let mut body = vec![b']'; n];
+        body.extend(std::iter::repeat_n(b'a', n - 1));
+        let e = parse_layouts(&pickle(&body)).expect_err("deep");
+        assert!(e.contains("deeper than"), "{e}");
+        // Through MARK ... LIST as well.
+        let mut body = Vec::new();
+        for _ in 0..n {
+            body.push(b'(');
+        }
+        body.extend(std::iter::repeat_n(b'l', n));
+        let e = parse_layouts(&pickle(&body)).expect_err("deep marks");
+        assert!(e.contains("deeper than"), "{e}");
+    }
+
+    #[test]
+    fn an_eight_byte_length_near_the_maximum_is_an_error() {
+        for op in [0x8du8, 0x8e] {
+            let mut body = vec![op];
+            body.extend_from_slice(&(u64::MAX - 3).to_le_bytes());
+            body.extend_from_slice(b"abcd");
+            let e = parse_layouts(&pickle(&body)).expect_err("length");
+            assert!(e.contains("truncated"), "{e}");
+        }
+        // Strides whose products overflow are refused rather than wrapped.
+        let t = TensorLayout { offset: 0, shape: vec![2, 2], stride: vec![usize::MAX, 1] };
+        assert_eq!(t.to_row_major(&[1, 2, 3, 4]), None);
+    }
+
+    #[test]
+    fn an_ordinary_state_dict_pickle_still_reads() {
+        // {'w': _rebuild_tensor_v2(storage, 0, (2, 3), (1, 2))} with a memoised global.
+        let mut body = vec![b'}', 0x94, b'('];
+        body.extend_from_slice(&[0x8c, 1, b'w']);
+        body.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n");
+        body.extend_from_slice(&[0x94, b'(', b'N', b'Q', b'K', 0, b'K', 2, b'K', 3, 0x86, b'K', 1, b'K', 2, 0x86, b't', b'R', b'u']);
+        let layouts = parse_layouts(&pickle(&body)).expect("reads");
+        assert_eq!(layouts["w"], TensorLayout { offset: 0, shape: vec![2, 3], stride: vec![1, 2] });
     }
 }

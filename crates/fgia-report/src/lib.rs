@@ -116,10 +116,17 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<(), ReportError> {
     Ok(())
 }
 
-/// A stable file name for a record's run page.
+/// `s` restricted to `[A-Za-z0-9._-]` (every other character becomes `_`), for names built from
+/// record fields and file names: they can then neither leave the output folder nor break out of
+/// an `href` or `src` attribute.
+pub(crate) fn safe_name(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
+}
+
+/// A stable file name for a record's run page (see [`safe_name`]).
 pub(crate) fn run_page_name(l: &Loaded) -> String {
     let stem = l.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    format!("run-{}-{}.html", l.record.table, stem)
+    safe_name(&format!("run-{}-{}.html", l.record.table, stem))
 }
 
 /// Mean, standard deviation and count of `top1` per group of the given columns, computed with
@@ -216,7 +223,7 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
                 body,
                 "<tr><td>{}</td><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{:.0} s</td></tr>",
                 esc(&r.table),
-                run_page_name(l),
+                esc(&run_page_name(l)),
                 esc(&r.method),
                 esc(&r.data),
                 esc(&r.backbone),
@@ -416,7 +423,7 @@ fn table4_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Path) -
             let _ = writeln!(
                 body,
                 "<li><a href=\"{}\">{} px, seed {}</a>: top-1 {:.2}%</li>",
-                run_page_name(l),
+                esc(&run_page_name(l)),
                 l.record.resolution,
                 l.record.seed,
                 l.record.metrics.get("top1").copied().unwrap_or(f64::NAN)

@@ -191,7 +191,7 @@ pub fn table2_body(records: &[&Loaded], reference: &[&ReferenceValue]) -> Result
             let _ = writeln!(
                 body,
                 "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
-                run_page_name(l),
+                esc(&run_page_name(l)),
                 esc(&r.method),
                 esc(&r.dataset),
                 esc(&r.data),

@@ -175,7 +175,7 @@ pub fn table5_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Pat
             let _ = writeln!(
                 body,
                 "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
-                run_page_name(l),
+                esc(&run_page_name(l)),
                 esc(&r.method),
                 esc(&r.data),
                 esc(&p.split),

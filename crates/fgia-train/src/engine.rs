@@ -14,8 +14,11 @@
 //! - **safety**: a NaN or infinite loss *or gradient norm* stops the run, naming epoch and step,
 //!   before the update; the last good checkpoint is kept;
 //! - **records**: `metrics.jsonl` (one line per epoch, synced), a checkpoint per epoch written
-//!   to a staging folder and renamed into place, exact `resume` from the newest one, and
-//!   progress bars.
+//!   file by file with `write_atomic` into a staging folder, renamed into place and read back
+//!   before the previous one is removed (`save_checkpoint`), exact `resume` from the newest
+//!   one, and progress bars;
+//! - **run folders**: one writer at a time ([`open_run_dir`] holds the folder's lock), and a
+//!   resume only on the data the run started on ([`check_run_data`]).
 //!
 //! Exact resume: the data order and augmentation derive from `(seed, epoch, index)` and the
 //! backend generator is reseeded at every epoch start, so epoch `e + 1` of a resumed run sees
@@ -31,9 +34,10 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
-use fgia_core::record::{EpochMetrics, read_metrics, write_atomic, write_json_atomic};
+use fgia_core::record::{EpochMetrics, read_metrics, sync_dir, write_atomic};
+use fgia_core::runlock::RunLock;
 use fgia_core::rng::SplitMix64;
 use fgia_core::sampler::pk_batches;
 use serde::{Deserialize, Serialize};
@@ -393,23 +397,49 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> EngineOptim<M, B> {
         }
     }
 
-    fn save(&self, path: PathBuf) -> Result<(), burn::record::RecorderError> {
+    fn to_bytes(&self) -> Result<Vec<u8>, burn::record::RecorderError> {
         match self {
-            EngineOptim::Sgd(o) => recorder().record(o.to_record(), path),
-            EngineOptim::AdamW(o) => recorder().record(o.to_record(), path),
+            EngineOptim::Sgd(o) => Recorder::<B>::record(&recorder(), o.to_record(), ()),
+            EngineOptim::AdamW(o) => Recorder::<B>::record(&recorder(), o.to_record(), ()),
         }
     }
 
-    fn load(self, path: PathBuf, device: &B::Device) -> Result<Self, burn::record::RecorderError> {
+    fn load_bytes(self, bytes: Vec<u8>, device: &B::Device) -> Result<Self, burn::record::RecorderError> {
         Ok(match self {
-            EngineOptim::Sgd(o) => EngineOptim::Sgd(o.load_record(recorder().load(path, device)?)),
-            EngineOptim::AdamW(o) => EngineOptim::AdamW(o.load_record(recorder().load(path, device)?)),
+            EngineOptim::Sgd(o) => EngineOptim::Sgd(o.load_record(recorder().load(bytes, device)?)),
+            EngineOptim::AdamW(o) => EngineOptim::AdamW(o.load_record(recorder().load(bytes, device)?)),
         })
     }
 }
 
-pub(crate) fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
-    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+/// Checkpoints are named MessagePack (`model.mpk`, `optim.mpk`), serialised in memory and
+/// written by [`write_atomic`].
+pub(crate) fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
+    NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+}
+
+/// Reads a checkpoint file.
+fn read_checkpoint_file(path: &Path) -> Result<Vec<u8>, TrainError> {
+    std::fs::read(path).map_err(|e| TrainError::io(path, e))
+}
+
+/// Loads a module record from `dir/model.mpk` into `module`, checking that the checkpoint has
+/// the module's shapes: a different number of parameters (another class count, another
+/// backbone) is an error rather than a silently mismatched model.
+fn load_module_from<B: Backend, M: Module<B>>(module: M, dir: &Path, device: &B::Device) -> Result<M, TrainError> {
+    let path = dir.join("model.mpk");
+    let bytes = read_checkpoint_file(&path)?;
+    let record = recorder().load(bytes, device).map_err(|e| TrainError::Checkpoint { path: path.clone(), message: e.to_string() })?;
+    let expected = module.num_params();
+    let loaded = module.load_record(record);
+    let got = loaded.num_params();
+    if got != expected {
+        return Err(TrainError::Checkpoint {
+            path,
+            message: format!("holds {got} parameters where this run's model has {expected} (another class list or architecture?)"),
+        });
+    }
+    Ok(loaded)
 }
 
 /// What one optimiser step measured.
@@ -532,10 +562,12 @@ pub fn latest_checkpoint(run_dir: &Path) -> Option<(usize, PathBuf)> {
 pub fn load_checkpoint_module<B: Backend, M: Module<B>>(module: M, run_dir: &Path, device: &B::Device) -> Result<(M, usize), TrainError> {
     let (epoch, dir) =
         latest_checkpoint(run_dir).ok_or_else(|| TrainError::Checkpoint { path: run_dir.join("checkpoints"), message: "no complete checkpoint".into() })?;
-    let record = recorder().load(dir.join("model"), device).map_err(|e| TrainError::Checkpoint { path: dir.clone(), message: e.to_string() })?;
-    Ok((module.load_record(record), epoch))
+    Ok((load_module_from(module, &dir, device)?, epoch))
 }
 
+/// Writes checkpoint `epoch`: each file through [`write_atomic`] into a partial folder, the folder
+/// renamed into place and its parent synced, then every file read back and compared. Only then
+/// is the previous checkpoint removed, so a crash at any point leaves a complete checkpoint.
 fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
     method: &M,
     optim: &EngineOptim<M, B>,
@@ -543,24 +575,53 @@ fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
     epoch: usize,
     wall: f64,
 ) -> Result<(), TrainError> {
+    let parent = run_dir.join("checkpoints");
     let final_dir = checkpoint_dir(run_dir, epoch);
-    let tmp = run_dir.join("checkpoints").join(format!(".epoch-{epoch:04}.partial"));
+    let tmp = parent.join(format!(".epoch-{epoch:04}.partial"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     let ck = |e: burn::record::RecorderError| TrainError::Checkpoint { path: tmp.clone(), message: e.to_string() };
-    recorder().record(method.clone().into_record(), tmp.join("model")).map_err(ck)?;
-    optim.save(tmp.join("optim")).map_err(ck)?;
-    write_json_atomic(&tmp.join("state.json"), &CheckpointState { epoch, wall_time_s: wall })?;
-    let _ = std::fs::remove_dir_all(&final_dir);
+    let model = Recorder::<B>::record(&recorder(), method.clone().into_record(), ()).map_err(ck)?;
+    let optim = optim.to_bytes().map_err(ck)?;
+    let mut state = serde_json::to_vec_pretty(&CheckpointState { epoch, wall_time_s: wall }).map_err(|e| TrainError::Checkpoint { path: tmp.clone(), message: e.to_string() })?;
+    state.push(b'\n');
+    // `state.json` last: a folder is a checkpoint only with it (see `latest_checkpoint`).
+    let files: [(&str, &[u8]); 3] = [("model.mpk", &model), ("optim.mpk", &optim), ("state.json", &state)];
+    for (name, bytes) in files {
+        write_atomic(&tmp.join(name), bytes)?;
+    }
+    if final_dir.exists() {
+        discard_checkpoint(&final_dir)?;
+    }
     std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
-    // Only the newest checkpoint is kept.
+    sync_dir(&parent)?;
+    for (name, bytes) in files {
+        let path = final_dir.join(name);
+        if read_checkpoint_file(&path)? != bytes {
+            return Err(TrainError::Checkpoint { path, message: "reads back different from what was written".into() });
+        }
+    }
+    // Only the newest checkpoint is kept, once it has been read back.
     for e in 1..epoch {
         let old = checkpoint_dir(run_dir, e);
         if old.exists() {
-            let _ = std::fs::remove_dir_all(old);
+            discard_checkpoint(&old)?;
         }
     }
     Ok(())
+}
+
+/// Removes a checkpoint folder without ever leaving a half-deleted `epoch-N` behind: it is first
+/// renamed to `.epoch-N.removing` (atomic), then deleted; a kill in between leaves that folder,
+/// which the next holder of the run folder sweeps away.
+fn discard_checkpoint(dir: &Path) -> Result<(), TrainError> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let trash = dir.with_file_name(format!(".{name}.removing"));
+    if trash.exists() {
+        std::fs::remove_dir_all(&trash).map_err(|e| TrainError::io(&trash, e))?;
+    }
+    std::fs::rename(dir, &trash).map_err(|e| TrainError::io(dir, e))?;
+    std::fs::remove_dir_all(&trash).map_err(|e| TrainError::io(&trash, e))
 }
 
 /// Keeps the metric lines of epochs `1..=last`; rewrites the file atomically.
@@ -642,9 +703,11 @@ where
     let (mut start_epoch, mut wall_before) = (0, 0.0);
     if io.resume {
         if let Some((epoch, dir)) = latest_checkpoint(run_dir) {
-            let ck = |e: burn::record::RecorderError| TrainError::Checkpoint { path: dir.clone(), message: e.to_string() };
-            method = method.load_record(recorder().load(dir.join("model"), device).map_err(ck)?);
-            optim = optim.load(dir.join("optim"), device).map_err(ck)?;
+            method = load_module_from(method, &dir, device)?;
+            let optim_path = dir.join("optim.mpk");
+            optim = optim
+                .load_bytes(read_checkpoint_file(&optim_path)?, device)
+                .map_err(|e| TrainError::Checkpoint { path: optim_path.clone(), message: e.to_string() })?;
             let state_path = dir.join("state.json");
             let state: CheckpointState = serde_json::from_str(&std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?)
                 .map_err(|e| TrainError::Checkpoint { path: state_path.clone(), message: e.to_string() })?;
@@ -740,19 +803,83 @@ where
     Ok(Trained::Finished { method, epochs, wall_time_s: wall_before + started.elapsed().as_secs_f64() })
 }
 
-/// Creates a run folder with its recipe, or, with `resume`, checks that it exists. Returns the
-/// recipe text the run must use (on resume: the run folder's own).
-pub fn open_run_dir(run_dir: &Path, resume: bool, recipe_toml: &str) -> Result<String, TrainError> {
+/// A run folder held by this process, and the recipe it runs.
+#[derive(Debug)]
+pub struct OpenedRun {
+    /// The recipe text the run must use (on resume: the run folder's own).
+    pub recipe: String,
+    /// The hold on the folder; keep it until the run ends.
+    pub lock: RunLock,
+}
+
+/// Claims a new run folder and writes its recipe, or, with `resume`, locks the existing one and
+/// reads its recipe. A folder that exists without `resume` is [`TrainError::RunExists`]; one
+/// that another process holds is an error naming it.
+pub fn open_run_dir(run_dir: &Path, resume: bool, recipe_toml: &str) -> Result<OpenedRun, TrainError> {
     let path = run_dir.join("recipe.toml");
     if resume {
-        return std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e));
+        let lock = RunLock::open(run_dir)?;
+        let recipe = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        return Ok(OpenedRun { recipe, lock });
     }
-    if run_dir.exists() {
-        return Err(TrainError::RunExists(run_dir.to_path_buf()));
-    }
-    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+    let lock = RunLock::create(run_dir).map_err(|e| match e {
+        fgia_core::DataError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => TrainError::RunExists(run_dir.to_path_buf()),
+        other => other.into(),
+    })?;
     write_atomic(&path, recipe_toml.as_bytes())?;
-    Ok(recipe_toml.to_string())
+    Ok(OpenedRun { recipe: recipe_toml.to_string(), lock })
+}
+
+/// The data a run was started on, kept in its folder as `data.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunData {
+    /// Dataset root folder, canonical where it exists.
+    pub root: String,
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+}
+
+impl RunData {
+    /// The data of a run on `root` with `classes`.
+    pub fn new(root: &Path, classes: &[String]) -> Self {
+        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        RunData { root: root.display().to_string(), classes: classes.to_vec() }
+    }
+}
+
+/// Writes `data.json` in a new run, or, on resume, checks that the run continues on the data it
+/// started on: another root or another class list is an error, not silent training of the old
+/// head on new labels.
+pub fn check_run_data(run_dir: &Path, resume: bool, data: &RunData) -> Result<(), TrainError> {
+    let path = run_dir.join("data.json");
+    let recorded: Option<RunData> = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path: path.clone(), message: e.to_string() })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(TrainError::io(&path, e)),
+    };
+    match recorded {
+        Some(was) if resume => {
+            if was.root != data.root {
+                return Err(TrainError::Recipe {
+                    path,
+                    message: format!("the run was started on the data at {} and is resumed with {}; resume it with the same data root", was.root, data.root),
+                });
+            }
+            if was.classes != data.classes {
+                let first = was.classes.iter().zip(&data.classes).position(|(a, b)| a != b).unwrap_or(was.classes.len().min(data.classes.len()));
+                return Err(TrainError::Recipe {
+                    path,
+                    message: format!(
+                        "the run was started with {} classes and the data now has {} (first difference at label {first}); its checkpoints do not fit",
+                        was.classes.len(),
+                        data.classes.len()
+                    ),
+                });
+            }
+            Ok(())
+        }
+        _ => Ok(fgia_core::record::write_json_atomic(&path, data)?),
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use fgia_core::record::{FeatureMode, Protocol, RECORD_SCHEMA, ResultRecord, now_
 use fgia_nn::weights::load_network;
 use fgia_nn::{Network, NetworkConfig};
 
-use crate::engine::{self, EngineSpec, OptimizerSpec, ParamGroup, RunIo, Sampler, StepLoss, TrainMethod, load_checkpoint_module, open_run_dir};
+use crate::engine::{self, EngineSpec, OptimizerSpec, ParamGroup, RunData, RunIo, Sampler, StepLoss, TrainMethod, check_run_data, load_checkpoint_module, open_run_dir};
 use crate::error::TrainError;
 use crate::eval::{EvalOutput, TailClassifier, evaluate, evaluate_maps};
 use crate::frozen_cache::FrozenCache;
@@ -219,10 +219,11 @@ pub fn engine_spec(recipe: &Recipe) -> EngineSpec {
 pub fn train_and_evaluate<B: AutodiffBackend>(recipe: &Recipe, ctx: &RunContext, device: &B::Device) -> Result<Outcome, TrainError> {
     let run_dir = &ctx.run_dir;
     // On resume the run folder's own recipe rules; a resumed run cannot change its settings.
-    let text = open_run_dir(run_dir, ctx.resume, &recipe.to_toml())?;
-    let recipe = Recipe::parse(&text).map_err(|message| TrainError::Recipe { path: run_dir.join("recipe.toml"), message })?;
+    let opened = open_run_dir(run_dir, ctx.resume, &recipe.to_toml())?;
+    let recipe = Recipe::parse(&opened.recipe).map_err(|message| TrainError::Recipe { path: run_dir.join("recipe.toml"), message })?;
     let dataset = load_dataset(&recipe, ctx.data_root.as_deref())?;
     let num_classes = dataset.num_classes();
+    check_run_data(run_dir, ctx.resume, &RunData::new(&dataset.root, &dataset.classes.names))?;
     if !ctx.resume {
         write_json_atomic(&run_dir.join("classes.json"), &dataset.classes.names)?;
     }

@@ -547,3 +547,159 @@ fn predict_names_imagenet_classes_and_feeds_native_size() {
     }
     assert_ne!(resized, native, "the resize-then-crop changes the probabilities");
 }
+
+/// Every checkpoint folder of `run` is complete: its state names its epoch, and its model and
+/// optimiser files have the sizes of an uninterrupted run's. Returns whether a partial
+/// (interrupted) checkpoint write was left behind.
+fn assert_checkpoints_whole(run: &Path, sizes: (u64, u64)) -> bool {
+    let mut partial = false;
+    let Ok(rd) = std::fs::read_dir(run.join("checkpoints")) else { return false };
+    for e in rd {
+        let e = e.expect("entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        // A half-written (`.partial`) or half-deleted (`.removing`) folder is not a checkpoint.
+        if name.starts_with('.') {
+            partial |= name.ends_with(".partial");
+            continue;
+        }
+        let epoch: usize = name.strip_prefix("epoch-").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("unexpected {name}"));
+        let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.path().join("state.json")).expect("state.json")).expect("state parses");
+        assert_eq!(state["epoch"], epoch, "{name}");
+        let size = |f: &str| std::fs::metadata(e.path().join(f)).unwrap_or_else(|err| panic!("{name}/{f}: {err}")).len();
+        assert_eq!((size("model.mpk"), size("optim.mpk")), sizes, "{name}: a torn checkpoint");
+    }
+    partial
+}
+
+/// `fgia train` killed with SIGKILL at 24 random moments, half of them as a checkpoint write
+/// begins, and resumed after each: no checkpoint is ever torn, a second process on the same run
+/// folder is refused while the first holds it, and the run ends with the same record as an
+/// uninterrupted one.
+#[test]
+fn random_kills_never_tear_a_checkpoint_and_resume_to_the_same_record() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("cub");
+    tiny_cub(&data);
+    let recipe = dir.path().join("tiny.toml");
+    std::fs::write(&recipe, RECIPE.replace("epochs = 2", "epochs = 8").replace("milestones = [1]", "milestones = [4]")).expect("recipe");
+    let train = |run: &Path, result: &Path, resume: bool| -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fgia"));
+        cmd.args(["train", "--quiet", "--recipe", recipe.to_str().expect("utf8"), "--data-root", data.to_str().expect("utf8")]);
+        cmd.arg("--run-dir").arg(run).arg("--result").arg(result);
+        if resume {
+            cmd.arg("--resume");
+        }
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd
+    };
+    let whole_run = dir.path().join("whole");
+    let started = Instant::now();
+    assert!(train(&whole_run, &dir.path().join("whole.json"), false).status().expect("runs").success());
+    let span = started.elapsed().as_millis().max(50) as u64;
+    let whole = fgia_core::record::ResultRecord::read(&dir.path().join("whole.json")).expect("record");
+    let last = whole_run.join("checkpoints/epoch-0008");
+    let sizes = (std::fs::metadata(last.join("model.mpk")).expect("model").len(), std::fs::metadata(last.join("optim.mpk")).expect("optim").len());
+
+    let run = dir.path().join("killed");
+    let result = dir.path().join("killed.json");
+    let mut rng = fgia_core::rng::SplitMix64::new(7);
+    let (mut kills, mut during_write, mut completed, mut lock_checked) = (0, 0, 0, false);
+    // Sessions are killed until 24 kills have landed; a run that completes in between is checked
+    // against the uninterrupted one and started afresh.
+    let check_completed = |result: &Path, run: &Path| {
+        let resumed = fgia_core::record::ResultRecord::read(result).expect("record");
+        assert_eq!(whole.metrics, resumed.metrics);
+        let (a, b) = (fgia_core::record::read_metrics(&whole_run).expect("m"), fgia_core::record::read_metrics(run).expect("m"));
+        assert_eq!(a.len(), 8);
+        assert_eq!(b.len(), 8);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!((x.epoch, x.train_loss, x.train_top1, x.grad_norm), (y.epoch, y.train_loss, y.train_top1, y.grad_norm));
+        }
+    };
+    while kills < 24 {
+        // Killed before its recipe was written: nothing to keep (as `cargo xtask` does).
+        if run.exists() && !run.join("recipe.toml").is_file() {
+            std::fs::remove_dir_all(&run).expect("remove");
+        }
+        let resume = run.join("recipe.toml").is_file();
+        let mut child = train(&run, &result, resume).spawn().expect("spawn");
+        if !lock_checked {
+            // While the first process holds the folder, a second one is refused, naming it.
+            while !run.join("recipe.toml").is_file() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let out = Command::new(env!("CARGO_BIN_EXE_fgia"))
+                .args(["train", "--quiet", "--resume", "--recipe", recipe.to_str().expect("utf8"), "--data-root", data.to_str().expect("utf8")])
+                .arg("--run-dir")
+                .arg(&run)
+                .output()
+                .expect("second process");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains("another process") && err.contains("killed"), "{err}");
+            lock_checked = true;
+        }
+        let deadline = Instant::now() + Duration::from_millis(rng.below(span));
+        let at_write = kills % 2 == 1;
+        let exited = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            let writing = at_write
+                && std::fs::read_dir(run.join("checkpoints")).is_ok_and(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial")));
+            if writing || (!at_write && Instant::now() >= deadline) {
+                if writing {
+                    std::thread::sleep(Duration::from_micros(rng.below(3000)));
+                }
+                break None;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        match exited {
+            Some(status) => {
+                assert!(status.success(), "a session failed");
+                check_completed(&result, &run);
+                completed += 1;
+                std::fs::remove_dir_all(&run).expect("remove");
+                std::fs::remove_file(&result).expect("remove");
+            }
+            None => {
+                child.kill().expect("SIGKILL");
+                child.wait().expect("reaped");
+                kills += 1;
+                if assert_checkpoints_whole(&run, sizes) {
+                    during_write += 1;
+                }
+            }
+        }
+    }
+    // The last killed run is resumed to its end.
+    if run.exists() && !run.join("recipe.toml").is_file() {
+        std::fs::remove_dir_all(&run).expect("remove");
+    }
+    let resume = run.join("recipe.toml").is_file();
+    assert!(train(&run, &result, resume).status().expect("runs").success(), "the last session finishes");
+    check_completed(&result, &run);
+    completed += 1;
+    eprintln!("{kills} kills ({during_write} during a checkpoint write), {completed} runs completed after kills");
+    assert!(during_write >= 1, "no kill landed in a checkpoint write");
+}
+
+/// A `classes.json` that does not fit the checkpoint is an error of `fgia predict` naming the
+/// checkpoint, not a panic.
+#[test]
+fn predict_with_a_class_list_that_does_not_fit_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("cub");
+    tiny_cub(&data);
+    let recipe = dir.path().join("tiny.toml");
+    std::fs::write(&recipe, RECIPE.replace("epochs = 2", "epochs = 1")).expect("recipe");
+    let run = dir.path().join("run");
+    ok(&fgia(&["train", "--quiet", "--recipe", recipe.to_str().expect("utf8"), "--run-dir", run.to_str().expect("utf8"), "--data-root", data.to_str().expect("utf8")]));
+    std::fs::write(run.join("classes.json"), r#"["a", "b", "c", "d", "e"]"#).expect("classes");
+    let img = data.join("images/001.class1/img1.png");
+    let out = fgia(&["predict", "--run-dir", run.to_str().expect("utf8"), img.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("model.mpk") && err.contains("parameters"), "{err}");
+}

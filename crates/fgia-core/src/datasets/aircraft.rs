@@ -38,9 +38,13 @@ fn labelled(root: &Path, file: &str, table: &ClassTable, strict: &mut Strictness
     let by_name: HashMap<&str, usize> = table.names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
     let mut out = Vec::new();
     for line in f.lines() {
-        let r = line
-            .head_rest("<image_id> <class name>")
-            .and_then(|(id, name)| by_name.get(name).map(|&i| (id.to_string(), i)).ok_or_else(|| line.error(format!("'{name}' is not a known class name"))));
+        let r = line.head_rest("<image_id> <class name>").and_then(|(id, name)| {
+            // The id names the file `images/<id>.jpg`: it must be one plain file name.
+            if !super::stays_inside(id) || id.contains(['/', '\\']) {
+                return Err(line.error(format!("image id '{id}' is not a plain file name; it would leave the images folder")));
+            }
+            by_name.get(name).map(|&i| (id.to_string(), i)).ok_or_else(|| line.error(format!("'{name}' is not a known class name")))
+        });
         match r {
             Ok(v) => out.push(v),
             Err(e) => strict.bad(e)?,

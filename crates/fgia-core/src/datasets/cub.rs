@@ -31,6 +31,7 @@ pub fn read_cub(root: &Path, opts: ReadOptions) -> Result<Dataset> {
     for line in images.lines() {
         let parsed = line.head_rest("<image_id> <relative/path.jpg>").and_then(|(id, p)| Ok((line.parse::<u64>(id, "image id")?, p)));
         match parsed {
+            Ok((_, p)) if !super::stays_inside(p) => strict.bad(line.error(format!("path '{p}' leaves the dataset root")))?,
             Ok((id, p)) => {
                 if rel_paths.insert(id, p.to_string()).is_some() {
                     strict.bad(line.error(format!("image id {id} is listed twice")))?;

@@ -122,8 +122,10 @@ fn read_list(path: &Path) -> Result<Vec<ListRow>> {
             if label < 1.0 || label.fract() != 0.0 || label > u32::MAX as f64 {
                 return Err(DataError::format(path, format!("labels({}) = {label} is not a positive integer", i + 1)));
             }
-            if file.contains("..") || annotation.contains("..") || Path::new(&file).is_absolute() {
-                return Err(DataError::format(path, format!("entry {} escapes the dataset folder: '{file}'", i + 1)));
+            for (var, p) in [("file_list", &file), ("annotation_list", &annotation)] {
+                if !super::stays_inside(p) {
+                    return Err(DataError::format(path, format!("{var}({}) = '{p}' leaves the dataset folder", i + 1)));
+                }
             }
             Ok(ListRow { list: path.to_path_buf(), file, annotation, label: label as u32 })
         })

@@ -44,7 +44,7 @@ pub fn read_list_files(root: &Path, train_list: &Path, test_list: &Path, opts: R
         let mut rows = Vec::new();
         for line in f.lines() {
             match line.head_rest("<label> <relative/path>") {
-                Ok((_, p)) if Path::new(p).is_absolute() || p.split(['/', '\\']).any(|c| c == "..") => {
+                Ok((_, p)) if !super::stays_inside(p) => {
                     strict.bad(line.error(format!("path '{p}' leaves the dataset root")))?;
                 }
                 Ok((l, p)) => rows.push((l.to_string(), p.to_string())),

@@ -345,6 +345,13 @@ impl Strictness {
 
 /// Keeps only the classes used by some record and re-indexes the labels of both splits.
 /// `labels` in the records are indices into `all`.
+/// Whether a path read from an annotation file stays inside the dataset root once joined to it:
+/// not empty, not absolute, and without a `..` component (with `/` or `\\` as separators).
+/// Reading only regular files is the image loader's rule ([`crate::imaging::read_image_file`]).
+pub(crate) fn stays_inside(p: &str) -> bool {
+    !p.is_empty() && !p.starts_with(['/', '\\']) && !Path::new(p).is_absolute() && p.split(['/', '\\']).all(|c| c != "..")
+}
+
 pub(crate) fn compact_classes(all: &ClassTable, train: &mut [Record], test: &mut [Record]) -> ClassTable {
     let mut used = vec![false; all.len()];
     for r in train.iter().chain(test.iter()) {

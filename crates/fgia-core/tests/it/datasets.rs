@@ -290,3 +290,37 @@ fn list_files_and_image_folders() {
     assert_eq!((ds.train.len(), ds.test.len()), (2, 1));
     assert_eq!(ds.test[0].label, 0);
 }
+
+#[test]
+fn annotation_paths_cannot_leave_the_dataset_root() {
+    // CUB images.txt: a parent path and an absolute device path, each named by file and line.
+    for bad in ["../../../etc/passwd", "/dev/zero", "003.Sooty/../../x.jpg"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        cub_fixture(dir.path());
+        write(&dir.path().join("images.txt"), format!("10 003.Sooty/a.jpg\n12 {bad}\n40 007.Parakeet/c.jpg\n"));
+        let e = read_cub(dir.path(), STRICT).expect_err(bad).to_string();
+        assert!(e.contains("images.txt:2") && e.contains("leaves the dataset root"), "{bad}: {e}");
+        let ds = read_cub(dir.path(), LENIENT).expect("lenient");
+        assert!(ds.train.iter().chain(&ds.test).all(|r| r.path.starts_with(dir.path()) && !r.path.to_string_lossy().contains("..")));
+        assert!(!ds.skipped.is_empty());
+    }
+    // FGVC-Aircraft: the image id names `images/<id>.jpg`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    aircraft_fixture(dir.path());
+    let root = dir.path().join("fgvc-aircraft-2013b");
+    write(&root.join("data/images_variant_test.txt"), "1000003 Falcon 2000\n../../../../etc/passwd F/A-18\n");
+    let e = read_aircraft(&root, AircraftSplit::TrainvalTest, false, STRICT).expect_err("escaping id").to_string();
+    assert!(e.contains("images_variant_test.txt:2") && e.contains("plain file name"), "{e}");
+    // Stanford Dogs: the file and annotation lists inside the .mat file.
+    for (file, annotation) in [("../../etc/passwd", "n02085620-Chihuahua/n02085620_1"), ("n02085620-Chihuahua/n02085620_1.jpg", "/etc/passwd")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        dogs_fixture(dir.path(), true, false);
+        let list = to_bytes(
+            &[("file_list", cell_column(vec![string(file)])), ("annotation_list", cell_column(vec![string(annotation)])), ("labels", column(&[1.0]))],
+            false,
+        );
+        write(&dir.path().join("lists/test_list.mat"), list);
+        let e = read_dogs(dir.path(), STRICT).expect_err("escaping dogs entry").to_string();
+        assert!(e.contains("test_list.mat") && e.contains("leaves the dataset folder"), "{e}");
+    }
+}

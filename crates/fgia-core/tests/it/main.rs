@@ -1,4 +1,5 @@
 //! Integration tests of fgia-core.
 
 mod datasets;
+mod fuzz;
 mod images;

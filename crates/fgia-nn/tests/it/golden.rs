@@ -22,7 +22,7 @@ fn probabilities(net: &fgia_nn::Network<B>, image: &Path) -> Vec<f32> {
     let img = load_rgb(image).expect("fixture decodes");
     let t = Transform { resize: 0, crop: 224, crop_mode: CropMode::Center, random_flip: false, box_crop: false, normalize: Normalize::Symmetric127 };
     let mut px = vec![0.0; t.output_len()];
-    t.apply(&img, 0, None, &mut SplitMix64::new(0), &mut px);
+    t.apply(&img, 0, None, &mut SplitMix64::new(0), &mut px).expect("applies");
     let x = Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, 224, 224]), &Default::default());
     softmax(net.forward(x), 1).into_data().to_vec().expect("f32")
 }

@@ -161,3 +161,36 @@ fn table2_page_groups_methods_like_the_survey_with_paper_ours_and_delta() {
     let index = std::fs::read_to_string(out.join("index.html")).expect("index");
     assert!(index.contains("table2.html"));
 }
+
+#[test]
+fn hostile_table_names_and_file_names_stay_escaped_and_inside_the_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let results = dir.path().join("results");
+    let run = results.join("runs/x");
+    std::fs::create_dir_all(&run).expect("mkdir");
+    let mut script = record(&run, 112, 224, 0, 50.0);
+    script.table = "\"><script>alert(1)</script>".into();
+    script.method = "<img src=x onerror=alert(2)>".into();
+    script.write(&results.join("table4/script.json")).expect("write");
+    let mut escape = record(&run, 112, 224, 1, 51.0);
+    escape.table = "/../../../escaped/p".into();
+    escape.write(&results.join("table4/escape.json")).expect("write");
+    // A record file whose own name carries markup.
+    record(&run, 112, 224, 2, 52.0).write(&results.join("table4/a\"><svg onload=alert(3)>.json")).expect("write");
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/reference/survey-results.csv");
+    let out = dir.path().join("deep/reports");
+    fgia_report::render(&results, &reference, &out).expect("renders");
+    // Nothing was written outside `reports/`.
+    assert!(!dir.path().join("escaped").exists() && !dir.path().join("deep/escaped").exists());
+    let mut outside: Vec<String> = std::fs::read_dir(dir.path().join("deep")).expect("ls").map(|e| e.expect("e").file_name().to_string_lossy().into_owned()).collect();
+    outside.sort();
+    assert_eq!(outside, ["reports"]);
+    for e in std::fs::read_dir(&out).expect("ls") {
+        let name = e.expect("e").file_name().to_string_lossy().into_owned();
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c)), "{name}");
+        let text = std::fs::read_to_string(out.join(&name)).unwrap_or_default();
+        assert!(!text.contains("<script>") && !text.contains("<img src=x") && !text.contains("<svg onload"), "{name} carries live markup");
+    }
+    let index = std::fs::read_to_string(out.join("index.html")).expect("index");
+    assert!(index.contains("&lt;script&gt;"), "the table name is shown, escaped");
+}

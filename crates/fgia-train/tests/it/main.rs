@@ -188,3 +188,26 @@ fn the_pinned_burn_version_is_the_locked_one() {
     let needle = format!("name = \"burn\"\nversion = \"{}\"", fgia_train::BURN_VERSION);
     assert!(lock.contains(&needle), "Cargo.lock does not pin burn {}", fgia_train::BURN_VERSION);
 }
+
+/// `--resume` continues a run only on the data it started on: another data root, or the same
+/// root with another class list, is an error naming `data.json`, before any training.
+#[test]
+fn a_resume_on_other_data_is_refused() {
+    let _guard = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    tiny_cub(&data);
+    let r = recipe("", 3, 0.05);
+    let device = Default::default();
+    let run = dir.path().join("run");
+    let out = train_and_evaluate::<A>(&r, &ctx(&run, &data, false, Some(1)), &device).expect("first part");
+    assert!(matches!(out, Outcome::Stopped { epochs_done: 1 }));
+    let other = dir.path().join("other");
+    tiny_cub(&other);
+    let e = train_and_evaluate::<A>(&r, &ctx(&run, &other, true, None), &device).err().expect("other root");
+    assert!(e.to_string().contains("data.json") && e.to_string().contains("same data root"), "{e}");
+    fgia_core::testing::write_tiny_cub(&data, 5, 6, 3, 40);
+    let e = train_and_evaluate::<A>(&r, &ctx(&run, &data, true, None), &device).err().expect("other classes");
+    assert!(e.to_string().contains("4 classes and the data now has 5"), "{e}");
+    assert_eq!(read_metrics(&run).expect("metrics").len(), 1, "nothing was trained");
+}

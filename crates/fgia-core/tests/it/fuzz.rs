@@ -1,0 +1,98 @@
+//! Fuzz targets of the MAT reader and the CUB and FGVC-Aircraft list parsers
+//! ([`fgia_core::fuzz`]): every mutated input is a value or an error, never a panic.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use fgia_core::datasets::{AircraftSplit, ReadOptions, read_aircraft, read_cub};
+use fgia_core::fuzz;
+use fgia_core::mat::MatFile;
+use fgia_core::mat::write::{cell_column, column, string, struct_row, to_bytes};
+
+fn assert_clean(r: &fuzz::Report) {
+    assert!(r.panics.is_empty(), "{}: {} panics, first {:?}", r.target, r.panics.len(), r.panics.first());
+}
+
+#[test]
+fn fuzz_the_mat_reader() {
+    let mut item = BTreeMap::new();
+    item.insert("class".to_string(), column(&[3.0]));
+    item.insert("fname".to_string(), string("00001.jpg"));
+    let vars = vec![
+        ("labels", column(&[1.0, 2.0, 120.0])),
+        ("file_list", cell_column(vec![string("n02085620-Chihuahua/a.jpg"), string("b.jpg")])),
+        ("annotations", struct_row(&["class", "fname"], vec![item])),
+    ];
+    let seeds = vec![to_bytes(&vars, false), to_bytes(&vars, true), to_bytes(&vars[..1], false)];
+    let crashes = fuzz::crash_dir(env!("CARGO_MANIFEST_DIR"));
+    let r = fuzz::run("mat", &seeds, fuzz::budget(20_000), 11, false, &crashes, |b| MatFile::parse(b).map(|_| ()));
+    assert_clean(&r);
+    assert!(r.accepted > 0 && r.accepted < r.executions, "the mutations reach both outcomes: {r:?}");
+}
+
+fn write_all(root: &Path, files: &[(&str, Vec<u8>)]) {
+    for (name, bytes) in files {
+        let p = root.join(name);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, bytes).expect("write");
+    }
+}
+
+#[test]
+fn fuzz_the_cub_lists() {
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("classes.txt", b"3 003.Sooty\n7 007.Parakeet\n".to_vec()),
+        ("images.txt", b"10 003.Sooty/a.jpg\n12 003.Sooty/b.jpg\n40 007.Parakeet/c.jpg\n".to_vec()),
+        ("image_class_labels.txt", b"10 3\n12 3\n40 7\n".to_vec()),
+        ("train_test_split.txt", b"10 1\n12 0\n40 1\n".to_vec()),
+        ("bounding_boxes.txt", b"10 1.0 2.0 3.0 4.0\n12 1 1 5 5\n40 0 0 8 8\n".to_vec()),
+        ("parts/parts.txt", b"1 back\n2 beak\n".to_vec()),
+        ("parts/part_locs.txt", b"10 1 5.0 6.0 1\n10 2 0 0 0\n12 1 3 3 1\n".to_vec()),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crashes = fuzz::crash_dir(env!("CARGO_MANIFEST_DIR"));
+    let mut reports = Vec::new();
+    // One target per file: its mutations, with the other files valid.
+    for (k, (name, seed)) in files.iter().enumerate() {
+        let r = fuzz::run(&format!("cub-{}", name.replace('/', "-")), std::slice::from_ref(seed), fuzz::budget(20_000) / 40, 100 + k as u64, true, &crashes, |b| {
+            write_all(dir.path(), &files);
+            std::fs::write(dir.path().join(name), b).expect("write");
+            for options in [ReadOptions { skip_bad: false }, ReadOptions { skip_bad: true }] {
+                read_cub(dir.path(), options)?;
+            }
+            Ok::<(), fgia_core::DataError>(())
+        });
+        assert_clean(&r);
+        reports.push(r);
+    }
+    assert!(reports.iter().all(|r| r.executions > 0));
+}
+
+#[test]
+fn fuzz_the_aircraft_lists() {
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("data/variants.txt", b"707-320\nF/A-18\nFalcon 2000\n".to_vec()),
+        ("data/families.txt", b"Boeing 707\nF/A-18\nFalcon 2000\n".to_vec()),
+        ("data/manufacturers.txt", b"Boeing\nDassault Aviation\nMcDonnell Douglas\n".to_vec()),
+        ("data/images_variant_trainval.txt", b"1000001 707-320\n1000002 F/A-18\n".to_vec()),
+        ("data/images_family_trainval.txt", b"1000001 Boeing 707\n1000002 F/A-18\n".to_vec()),
+        ("data/images_manufacturer_trainval.txt", b"1000001 Boeing\n1000002 McDonnell Douglas\n".to_vec()),
+        ("data/images_variant_test.txt", b"1000003 Falcon 2000\n".to_vec()),
+        ("data/images_family_test.txt", b"1000003 Falcon 2000\n".to_vec()),
+        ("data/images_manufacturer_test.txt", b"1000003 Dassault Aviation\n".to_vec()),
+        ("data/images_box.txt", b"1000001 1 1 30 20\n1000002 5 5 10 10\n1000003 1 1 2 2\n".to_vec()),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crashes = fuzz::crash_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, (name, seed)) in files.iter().enumerate() {
+        let r = fuzz::run(&format!("aircraft-{}", name.replace('/', "-")), std::slice::from_ref(seed), fuzz::budget(20_000) / 40, 200 + k as u64, true, &crashes, |b| {
+            write_all(dir.path(), &files);
+            std::fs::write(dir.path().join(name), b).expect("write");
+            for options in [ReadOptions { skip_bad: false }, ReadOptions { skip_bad: true }] {
+                read_aircraft(dir.path(), AircraftSplit::TrainvalTest, true, options)?;
+            }
+            Ok::<(), fgia_core::DataError>(())
+        });
+        assert_clean(&r);
+    }
+}
