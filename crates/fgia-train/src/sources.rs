@@ -64,6 +64,10 @@ impl<'a> ImageSource<'a> {
     /// (with the image index and the epoch as the view).
     pub fn load_edited(&self, epoch: usize, items: &[usize], edit: Option<PixelEdit<'_>>) -> Result<MapBatch, TrainError> {
         let batch = load_batch(self.records, items, &self.transform, self.seed, epoch as u64, self.skip_bad)?;
+        // A skipped image is counted in the epoch's metrics and named here, once per epoch.
+        for e in &batch.skipped {
+            eprintln!("warning: skipped in epoch {}: {e}", epoch + 1);
+        }
         let c = self.transform.crop as usize;
         let mut data = batch.pixels;
         if let Some(edit) = edit {
