@@ -263,6 +263,22 @@ impl Transform {
     }
 }
 
+/// The ten test views of fine-grained SBIR (Yu et al. 2016, as the authors' release crops):
+/// the four corners and the centre of a `side x side` image at `crop x crop`, each also flipped
+/// horizontally. Each view is `(x, y, flipped)`, the crop's top-left corner; the centre is at
+/// `(side - crop) / 2`, rounded down.
+pub fn ten_view_offsets(side: u32, crop: u32) -> [(u32, u32, bool); 10] {
+    let m = side.saturating_sub(crop);
+    let c = m / 2;
+    let base = [(0, 0), (m, 0), (0, m), (m, m), (c, c)];
+    let mut out = [(0, 0, false); 10];
+    for (i, &(x, y)) in base.iter().enumerate() {
+        out[i] = (x, y, false);
+        out[i + 5] = (x, y, true);
+    }
+    out
+}
+
 /// The image at its own size, normalised: `[3, h, w]` floats and `(h, w)` (no resize, no crop).
 pub fn normalized_chw(img: &RgbImage, normalize: Normalize) -> (Vec<f32>, (usize, usize)) {
     let (w, h) = (img.width() as usize, img.height() as usize);
@@ -438,6 +454,14 @@ mod tests {
         let t = Transform::eval(0, 448, Normalize::Imagenet);
         let e = t.apply(&img, 0, None, &mut SplitMix64::new(0), &mut out).expect_err("huge upscale");
         assert!(e.contains("above the limit"), "{e}");
+    }
+
+    #[test]
+    fn the_ten_views_sit_at_the_corners_and_the_centre() {
+        let v = ten_view_offsets(256, 225);
+        assert_eq!(v[..5], [(0, 0, false), (31, 0, false), (0, 31, false), (31, 31, false), (15, 15, false)]);
+        assert_eq!(v[5..], [(0, 0, true), (31, 0, true), (0, 31, true), (31, 31, true), (15, 15, true)]);
+        assert_eq!(ten_view_offsets(225, 225)[3], (0, 0, false));
     }
 
     #[test]

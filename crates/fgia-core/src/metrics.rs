@@ -73,9 +73,52 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// The rank of each query's true match in a row-major `queries x gallery` distance matrix: the
+/// number of gallery items closer than it, plus the number at the same distance with a lower
+/// index (ties go to the lower index, so a constant matrix ranks match `j` at `j`). A NaN
+/// distance ranks after every number.
+pub fn true_match_ranks(dist: &[f32], gallery: usize, truth: &[usize]) -> Vec<usize> {
+    assert_eq!(dist.len(), truth.len() * gallery, "distance matrix is not queries x gallery");
+    let key = |d: f32| if d.is_nan() { f32::INFINITY } else { d };
+    truth
+        .iter()
+        .enumerate()
+        .map(|(q, &t)| {
+            let row = &dist[q * gallery..(q + 1) * gallery];
+            let dt = key(row[t]);
+            row.iter().enumerate().filter(|&(j, &d)| key(d) < dt || (key(d) == dt && j < t)).count()
+        })
+        .collect()
+}
+
+/// acc@K of fine-grained SBIR, percent: the share of sketches whose own photo ranks in the top
+/// `K` ([`true_match_ranks`]), for each `K` of `ks`.
+pub fn acc_at_k(dist: &[f32], gallery: usize, truth: &[usize], ks: &[usize]) -> Vec<f64> {
+    let ranks = true_match_ranks(dist, gallery, truth);
+    ks.iter().map(|&k| 100.0 * ranks.iter().filter(|&&r| r < k).count() as f64 / ranks.len().max(1) as f64).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acc_at_k_on_hand_made_distances_with_ties() {
+        // 3 sketches x 4 photos; sketch q's own photo is q.
+        #[rustfmt::skip]
+        let d = [
+            0.1, 0.5, 0.5, 0.9,   // own at 0.1: rank 0
+            0.2, 0.2, 0.0, 0.7,   // own 0.2 ties photo 0 (lower index, ahead) and photo 2 is closer: rank 2
+            0.3, 0.3, 0.3, 0.3,   // all tied: photos 0 and 1 come first: rank 2
+        ];
+        assert_eq!(true_match_ranks(&d, 4, &[0, 1, 2]), [0, 2, 2]);
+        let acc = acc_at_k(&d, 4, &[0, 1, 2], &[1, 2, 3, 4]);
+        assert_eq!(acc.iter().map(|a| (a * 3.0 / 100.0).round() as usize).collect::<Vec<_>>(), [1, 1, 3, 3]);
+        // A NaN distance ranks last, wherever it is.
+        let d = [f32::NAN, 0.5, 0.1, 0.2];
+        assert_eq!(true_match_ranks(&d, 2, &[0, 0]), [1, 0]);
+        assert_eq!(true_match_ranks(&d, 2, &[1, 1]), [0, 1]);
+    }
 
     #[test]
     fn top_k_with_ties_prefers_lower_index() {

@@ -11,6 +11,7 @@ mod cars;
 mod cub;
 mod dogs;
 mod list;
+mod qmul;
 mod text;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ pub use cars::read_cars;
 pub use cub::read_cub;
 pub use dogs::read_dogs;
 pub use list::{read_image_folder, read_list_files};
+pub use qmul::{SketchDataset, SketchSplit, TripletSampler, read_qmul};
 
 use crate::error::{DataError, Result};
 

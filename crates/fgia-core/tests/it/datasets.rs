@@ -324,3 +324,66 @@ fn annotation_paths_cannot_leave_the_dataset_root() {
         assert!(e.contains("test_list.mat") && e.contains("leaves the dataset folder"), "{e}");
     }
 }
+
+#[test]
+fn qmul_shoes_and_chairs_have_their_documented_pairs_and_triplets() {
+    for (name, sizes, triplets_per_train_sketch) in [("qmul-shoes-v1", (304, 115), None), ("qmul-chairs-v1", (200, 97), Some(135))] {
+        let Some(root) = shared_data(env!("CARGO_MANIFEST_DIR"), "qmul_shoes_and_chairs_have_their_documented_pairs_and_triplets", name) else { return };
+        let ds = fgia_core::datasets::read_qmul(&root).expect("reads");
+        assert_eq!((ds.train.len(), ds.test.len()), sizes, "{name}");
+        assert_eq!(ds.train.triplets.len(), sizes.0);
+        assert!(ds.train.triplets.iter().chain(&ds.test.triplets).flatten().flatten().all(|&i| i < sizes.0.max(sizes.1)));
+        if let Some(t) = triplets_per_train_sketch {
+            assert!(ds.train.triplets.iter().all(|x| x.len() == t), "{name}");
+        }
+        // Sketch k and photo k share their stem.
+        for (s, p) in ds.test.sketches.iter().zip(&ds.test.photos) {
+            assert_eq!(s.file_name(), p.file_name());
+            assert!(s.parent().expect("A").ends_with("testA") && p.parent().expect("B").ends_with("testB"));
+        }
+        let sampler = fgia_core::datasets::TripletSampler::new(&ds.train.triplets, 0.75).expect("every sketch has triplets and easy negatives");
+        assert!(!sampler.easy_negatives(0).is_empty());
+    }
+}
+
+/// A damaged copy of the QMUL layout: each fault is an error naming the file and the index.
+#[test]
+fn qmul_damaged_copies_are_errors_naming_file_and_index() {
+    let write_set = |root: &Path| {
+        let ann = r#"{"train": {"images": ["1.jpg", "2.jpg", "3.jpg"], "sketches": ["1.png", "2.png", "3.png"], "triplets": [[[1, 2]], [[0, 2]], [[0, 1]]]},
+                      "test": {"images": ["4.jpg", "5.jpg"], "sketches": ["4.png", "5.png"], "triplets": [[[1, 0]], [[0, 1]]]}}"#;
+        write(&root.join("toys_annotation.json"), ann);
+        write(&root.join("train.txt"), "1\n2\n3\n");
+        write(&root.join("test.txt"), "4\n5\n");
+        for (split, stems) in [("train", &["1", "2", "3"][..]), ("test", &["4", "5"][..])] {
+            for s in stems {
+                for side in ["A", "B"] {
+                    tiny_jpeg(&root.join(format!("{split}{side}/{s}.png")), 8, 8);
+                }
+            }
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_set(dir.path());
+    let ds = fgia_core::datasets::read_qmul(dir.path()).expect("the intact copy reads");
+    assert_eq!((ds.name.as_str(), ds.train.len(), ds.test.len()), ("toys", 3, 2));
+    assert_eq!(ds.test.triplets[0], [[1, 0]]);
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage, &str); 5] = [
+        ("missing photo", |r| std::fs::remove_file(r.join("trainB/2.png")).expect("rm"), "trainB/2.png"),
+        ("index out of range", |r| {
+            let t = std::fs::read_to_string(r.join("toys_annotation.json")).expect("read").replace("[[0, 2]], [[0, 1]]]", "[[0, 2]], [[0, 7]]]");
+            std::fs::write(r.join("toys_annotation.json"), t).expect("write")
+        }, "triplets[2][0] = [0, 7]"),
+        ("stem order", |r| std::fs::write(r.join("test.txt"), "5\n4\n").expect("write"), "sketches[0] is '4.png', but row 1 of test.txt is '5'"),
+        ("escaping stem", |r| std::fs::write(r.join("train.txt"), "1\n../2\n3\n").expect("write"), "train.txt:2"),
+        ("broken json", |r| std::fs::write(r.join("toys_annotation.json"), "{\"train\": [").expect("write"), "toys_annotation.json"),
+    ];
+    for (what, damage, want) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_set(dir.path());
+        damage(dir.path());
+        let e = fgia_core::datasets::read_qmul(dir.path()).expect_err(what).to_string();
+        assert!(e.contains(want), "{what}: {e}");
+    }
+}
