@@ -104,6 +104,16 @@ enum DatasetsCmd {
         #[arg(long)]
         decode: bool,
     },
+    /// A sketch-based retrieval set (QMUL-Shoe V1, QMUL-Chair V1): pairs, triplets, files.
+    VerifySketch {
+        /// Set root (holding trainA/, trainB/, testA/, testB/, train.txt, test.txt and the
+        /// annotation JSON).
+        #[arg(long)]
+        root: PathBuf,
+        /// Also decode every sketch and photo.
+        #[arg(long)]
+        decode: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -195,6 +205,9 @@ fn main() -> Result<()> {
         }
         Cmd::Datasets { command: DatasetsCmd::Verify { dataset, root, skip_bad, decode } } => {
             verify::verify(dataset, &root, skip_bad, decode)?;
+        }
+        Cmd::Datasets { command: DatasetsCmd::VerifySketch { root, decode } } => {
+            verify::verify_sketch(&root, decode)?;
         }
         Cmd::Weights { command: WeightsCmd::Fetch { backbone } } => fetch_weights(&backbone)?,
         Cmd::Reproduce { table, smoke: _, full, seeds, device, root, methods, datasets } => {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use fgia_core::datasets::{Dataset, DatasetKind, ReadOptions};
+use fgia_core::datasets::{Dataset, DatasetKind, ReadOptions, SketchDataset, TripletSampler, read_qmul};
 use rayon::prelude::*;
 
 /// Reads and checks a dataset; returns it when everything is in order.
@@ -57,4 +57,46 @@ pub fn verify(kind: DatasetKind, root: &Path, skip_bad: bool, decode: bool) -> R
         println!("  decode: all {} images decode", all.len());
     }
     Ok(ds)
+}
+
+/// Reads and checks a QMUL sketch / photo set; returns it when everything is in order.
+pub fn verify_sketch(root: &Path, decode: bool) -> Result<SketchDataset> {
+    let ds = read_qmul(root)?;
+    println!("QMUL {} (V1) at {}", ds.name, ds.root.display());
+    for (name, split) in [("train", &ds.train), ("test", &ds.test)] {
+        let per: Vec<usize> = split.triplets.iter().map(Vec::len).collect();
+        let (lo, hi) = (per.iter().min().copied().unwrap_or(0), per.iter().max().copied().unwrap_or(0));
+        println!("  {name}: {} sketch / photo pairs, {lo}-{hi} human triplets per sketch", split.len());
+        // The sampler needs triplets and easy negatives for every sketch.
+        let sampler = TripletSampler::new(&split.triplets, 0.75).map_err(|e| anyhow::anyhow!("{}: {name}: {e}", root.display()))?;
+        let easy: Vec<usize> = (0..split.len()).map(|k| sampler.easy_negatives(k).len()).collect();
+        println!("    easy negatives per sketch: {}-{}", easy.iter().min().copied().unwrap_or(0), easy.iter().max().copied().unwrap_or(0));
+    }
+    let files: Vec<&std::path::PathBuf> = [&ds.train, &ds.test].iter().flat_map(|s| s.sketches.iter().chain(&s.photos)).collect();
+    println!("  files: all {} sketches and photos exist", files.len());
+    if decode {
+        let bad: Vec<String> = files.par_iter().filter_map(|p| fgia_core::imaging::load_rgb(p).err().map(|e| e.to_string())).collect();
+        if !bad.is_empty() {
+            for b in bad.iter().take(20) {
+                println!("  undecodable: {b}");
+            }
+            bail!("{} of {} images cannot be decoded", bad.len(), files.len());
+        }
+        println!("  decode: all {} images decode", files.len());
+    }
+    Ok(ds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sketch_sets_verify_with_decode() {
+        for (name, pairs) in [("qmul-shoes-v1", (304, 115)), ("qmul-chairs-v1", (200, 97))] {
+            let Some(root) = fgia_core::testing::shared_data(env!("CARGO_MANIFEST_DIR"), "the_sketch_sets_verify_with_decode", name) else { return };
+            let ds = verify_sketch(&root, true).expect("verifies");
+            assert_eq!((ds.train.len(), ds.test.len()), pairs, "{name}");
+        }
+    }
 }
