@@ -47,16 +47,22 @@ pub fn verify(kind: DatasetKind, root: &Path, skip_bad: bool, decode: bool) -> R
     }
     println!("  files: all {} referenced images exist", all.len());
     if decode {
-        let bad: Vec<String> = all.par_iter().filter_map(|r| fgia_core::imaging::load_rgb(&r.path).err().map(|e| e.to_string())).collect();
-        if !bad.is_empty() {
-            for b in bad.iter().take(20) {
-                println!("  undecodable: {b}");
-            }
-            bail!("{} of {} images cannot be decoded", bad.len(), all.len());
-        }
-        println!("  decode: all {} images decode", all.len());
+        decode_all(&all.iter().map(|r| r.path.as_path()).collect::<Vec<_>>())?;
     }
     Ok(ds)
+}
+
+/// Decodes every image in parallel; lists up to 20 that fail and is an error if any does.
+fn decode_all(paths: &[&Path]) -> Result<()> {
+    let bad: Vec<String> = paths.par_iter().filter_map(|p| fgia_core::imaging::load_rgb(p).err().map(|e| e.to_string())).collect();
+    if !bad.is_empty() {
+        for b in bad.iter().take(20) {
+            println!("  undecodable: {b}");
+        }
+        bail!("{} of {} images cannot be decoded", bad.len(), paths.len());
+    }
+    println!("  decode: all {} images decode", paths.len());
+    Ok(())
 }
 
 /// Reads and checks a QMUL sketch / photo set; returns it when everything is in order.
@@ -72,17 +78,10 @@ pub fn verify_sketch(root: &Path, decode: bool) -> Result<SketchDataset> {
         let easy: Vec<usize> = (0..split.len()).map(|k| sampler.easy_negatives(k).len()).collect();
         println!("    easy negatives per sketch: {}-{}", easy.iter().min().copied().unwrap_or(0), easy.iter().max().copied().unwrap_or(0));
     }
-    let files: Vec<&std::path::PathBuf> = [&ds.train, &ds.test].iter().flat_map(|s| s.sketches.iter().chain(&s.photos)).collect();
+    let files: Vec<&Path> = [&ds.train, &ds.test].iter().flat_map(|s| s.sketches.iter().chain(&s.photos)).map(|p| p.as_path()).collect();
     println!("  files: all {} sketches and photos exist", files.len());
     if decode {
-        let bad: Vec<String> = files.par_iter().filter_map(|p| fgia_core::imaging::load_rgb(p).err().map(|e| e.to_string())).collect();
-        if !bad.is_empty() {
-            for b in bad.iter().take(20) {
-                println!("  undecodable: {b}");
-            }
-            bail!("{} of {} images cannot be decoded", bad.len(), files.len());
-        }
-        println!("  decode: all {} images decode", files.len());
+        decode_all(&files)?;
     }
     Ok(ds)
 }

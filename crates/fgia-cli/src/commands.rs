@@ -17,7 +17,7 @@ use fgia_train::{Outcome, Recipe, RunContext, load_dataset, load_trained, train_
 use serde::Serialize;
 
 use crate::{Command, EmbedArgs, EvalArgs, InfoArgs, LoaderArgs, PredictArgs, TrainArgs};
-use crate::{encoding, retrieval};
+use crate::{encoding, retrieval, sbir};
 
 /// Runs one command on backend `B` (training uses `Autodiff<B>`).
 pub fn run<B: Backend>(command: Command, device: B::Device, device_name: String) -> Result<()> {
@@ -29,6 +29,7 @@ pub fn run<B: Backend>(command: Command, device: B::Device, device_name: String)
         Command::Info(a) => info::<B>(a, device),
         Command::Retrieval(a) => retrieval::retrieval::<B>(a, device, device_name),
         Command::Encoding(a) => encoding::encoding::<B>(a, device, device_name),
+        Command::Sbir(a) => sbir::sbir::<B>(a, device, device_name),
         Command::Index(a) => retrieval::index::<B>(a, device),
         Command::Query(a) => retrieval::query::<B>(a, device),
         Command::Loader(a) => loader(a),

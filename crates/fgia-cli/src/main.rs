@@ -7,6 +7,7 @@ mod commands;
 mod encoding;
 mod npy;
 mod retrieval;
+mod sbir;
 
 use std::path::PathBuf;
 
@@ -51,6 +52,9 @@ enum Command {
     /// Run feature-encoding recipes (Table 2, §5.2): high-order pooling, fine-grained losses,
     /// DCL, PMG; one result record per recipe.
     Encoding(RetrievalArgs),
+    /// Run sketch-based retrieval recipes (Table 6, §6.2): triplet training on QMUL Shoe or
+    /// Chair, ten-view acc@K; one result record per recipe.
+    Sbir(RetrievalArgs),
     /// Index a folder of images (recursively) for retrieval.
     Index(IndexArgs),
     /// Search an index with query images: top-K with distances, and an HTML page.

@@ -38,6 +38,25 @@ fn write_all(root: &Path, files: &[(&str, Vec<u8>)]) {
     }
 }
 
+/// One fuzz target per file of a list-based layout: that file mutated, the others valid, read
+/// strictly and leniently by `read`.
+fn fuzz_lists(prefix: &str, files: &[(&str, Vec<u8>)], seed: u64, read: impl Fn(&Path, ReadOptions) -> fgia_core::Result<()>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crashes = fuzz::crash_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, (name, bytes)) in files.iter().enumerate() {
+        let r = fuzz::run(&format!("{prefix}-{}", name.replace('/', "-")), std::slice::from_ref(bytes), fuzz::budget(20_000) / 40, seed + k as u64, true, &crashes, |b| {
+            write_all(dir.path(), files);
+            std::fs::write(dir.path().join(name), b).expect("write");
+            for options in [ReadOptions { skip_bad: false }, ReadOptions { skip_bad: true }] {
+                read(dir.path(), options)?;
+            }
+            Ok::<(), fgia_core::DataError>(())
+        });
+        assert_clean(&r);
+        assert!(r.executions > 0);
+    }
+}
+
 #[test]
 fn fuzz_the_cub_lists() {
     let files: Vec<(&str, Vec<u8>)> = vec![
@@ -49,23 +68,7 @@ fn fuzz_the_cub_lists() {
         ("parts/parts.txt", b"1 back\n2 beak\n".to_vec()),
         ("parts/part_locs.txt", b"10 1 5.0 6.0 1\n10 2 0 0 0\n12 1 3 3 1\n".to_vec()),
     ];
-    let dir = tempfile::tempdir().expect("tempdir");
-    let crashes = fuzz::crash_dir(env!("CARGO_MANIFEST_DIR"));
-    let mut reports = Vec::new();
-    // One target per file: its mutations, with the other files valid.
-    for (k, (name, seed)) in files.iter().enumerate() {
-        let r = fuzz::run(&format!("cub-{}", name.replace('/', "-")), std::slice::from_ref(seed), fuzz::budget(20_000) / 40, 100 + k as u64, true, &crashes, |b| {
-            write_all(dir.path(), &files);
-            std::fs::write(dir.path().join(name), b).expect("write");
-            for options in [ReadOptions { skip_bad: false }, ReadOptions { skip_bad: true }] {
-                read_cub(dir.path(), options)?;
-            }
-            Ok::<(), fgia_core::DataError>(())
-        });
-        assert_clean(&r);
-        reports.push(r);
-    }
-    assert!(reports.iter().all(|r| r.executions > 0));
+    fuzz_lists("cub", &files, 100, |root, options| read_cub(root, options).map(|_| ()));
 }
 
 #[test]
@@ -82,17 +85,5 @@ fn fuzz_the_aircraft_lists() {
         ("data/images_manufacturer_test.txt", b"1000003 Dassault Aviation\n".to_vec()),
         ("data/images_box.txt", b"1000001 1 1 30 20\n1000002 5 5 10 10\n1000003 1 1 2 2\n".to_vec()),
     ];
-    let dir = tempfile::tempdir().expect("tempdir");
-    let crashes = fuzz::crash_dir(env!("CARGO_MANIFEST_DIR"));
-    for (k, (name, seed)) in files.iter().enumerate() {
-        let r = fuzz::run(&format!("aircraft-{}", name.replace('/', "-")), std::slice::from_ref(seed), fuzz::budget(20_000) / 40, 200 + k as u64, true, &crashes, |b| {
-            write_all(dir.path(), &files);
-            std::fs::write(dir.path().join(name), b).expect("write");
-            for options in [ReadOptions { skip_bad: false }, ReadOptions { skip_bad: true }] {
-                read_aircraft(dir.path(), AircraftSplit::TrainvalTest, true, options)?;
-            }
-            Ok::<(), fgia_core::DataError>(())
-        });
-        assert_clean(&r);
-    }
+    fuzz_lists("aircraft", &files, 200, |root, options| read_aircraft(root, AircraftSplit::TrainvalTest, true, options).map(|_| ()));
 }

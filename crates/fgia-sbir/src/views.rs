@@ -1,0 +1,136 @@
+//! The views of sketches and photos through the frozen trunk, computed once per run.
+//!
+//! A view is a `crop x crop` window of the image (stored at `side x side`; other sizes are
+//! resized first), optionally mirrored, normalised as the trunk expects. Grey images are
+//! replicated to three channels by the decoder. Training draws `train_views` random windows
+//! and flips per image from `(seed, view, image)`; the test uses the ten fixed views of
+//! [`fgia_core::imaging::ten_view_offsets`].
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use fgia_core::imaging::{Normalize, load_rgb, normalized_chw};
+use fgia_core::rng::SplitMix64;
+use fgia_nn::Network;
+use fgia_train::TrainError;
+use image::RgbImage;
+use rayon::prelude::*;
+
+/// A view: the window's top-left corner and whether it is mirrored.
+pub type View = (u32, u32, bool);
+
+/// Trunk features of every view of every image: `[images, views, dim]`.
+#[derive(Debug, Clone)]
+pub struct ViewFeatures {
+    /// Feature size.
+    pub dim: usize,
+    /// Views per image.
+    pub views: usize,
+    /// Row-major `[images, views, dim]`.
+    pub data: Vec<f32>,
+}
+
+impl ViewFeatures {
+    /// The feature of `view` of `image`.
+    pub fn get(&self, image: usize, view: usize) -> &[f32] {
+        let at = (image * self.views + view) * self.dim;
+        &self.data[at..at + self.dim]
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.data.len() / (self.views * self.dim).max(1)
+    }
+
+    /// Whether there is no image.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The `view`-th random training view of `image`: a uniform window position and a fair flip.
+pub fn train_view(seed: u64, image: usize, view: usize, side: u32, crop: u32) -> View {
+    let mut rng = SplitMix64::for_item(seed ^ 0x5b12_7a11, view as u64, image as u64);
+    let m = side.saturating_sub(crop) as u64 + 1;
+    (rng.below(m) as u32, rng.below(m) as u32, rng.coin())
+}
+
+/// `[3, crop, crop]` normalised pixels of one view of `img`.
+pub fn view_pixels(img: &RgbImage, side: u32, crop: u32, view: View, normalize: Normalize) -> Vec<f32> {
+    let resized;
+    let img = if img.dimensions() == (side, side) {
+        img
+    } else {
+        resized = image::imageops::resize(img, side, side, image::imageops::FilterType::Triangle);
+        &resized
+    };
+    let (x, y, flip) = view;
+    let mut window = image::imageops::crop_imm(img, x.min(side - crop), y.min(side - crop), crop, crop).to_image();
+    if flip {
+        image::imageops::flip_horizontal_in_place(&mut window);
+    }
+    normalized_chw(&window, normalize).0
+}
+
+/// Features of `views(i)` of each image `paths[i]` through `net` (pooled last map), in batches
+/// of `batch` views.
+#[allow(clippy::too_many_arguments)]
+pub fn compute<B: Backend>(
+    net: &Network<B>,
+    paths: &[PathBuf],
+    views: &(dyn Fn(usize) -> Vec<View> + Sync),
+    side: u32,
+    crop: u32,
+    normalize: Normalize,
+    device: &B::Device,
+    bar: &indicatif::ProgressBar,
+) -> Result<ViewFeatures, TrainError> {
+    let per = views(0).len();
+    let images_per_batch = (32 / per.max(1)).max(1);
+    let c = crop as usize;
+    let mut data = Vec::new();
+    let mut dim = 0;
+    for chunk in (0..paths.len()).collect::<Vec<_>>().chunks(images_per_batch) {
+        let pixels: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|&i| {
+                let img = load_rgb(&paths[i])?;
+                let vs = views(i);
+                Ok(vs.into_iter().flat_map(|v| view_pixels(&img, side, crop, v, normalize)).collect::<Vec<f32>>())
+            })
+            .collect::<Result<_, fgia_core::DataError>>()?;
+        let n = chunk.len() * per;
+        let flat: Vec<f32> = pixels.concat();
+        let x = Tensor::<B, 4>::from_data(TensorData::new(flat, [n, 3, c, c]), device);
+        let f = net.embed(x);
+        dim = f.dims()[1];
+        data.extend(f.into_data().to_vec::<f32>().map_err(|e| TrainError::Checkpoint { path: paths[chunk[0]].clone(), message: format!("{e:?}") })?);
+        bar.inc(chunk.len() as u64);
+    }
+    Ok(ViewFeatures { dim, views: per, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_is_the_window_at_its_offset_mirrored_when_asked() {
+        // 4x4 image whose red channel is the column and green the row.
+        let img = RgbImage::from_fn(4, 4, |x, y| image::Rgb([x as u8 * 10, y as u8 * 10, 0]));
+        let n = Normalize::Symmetric127;
+        let red = |v: &[f32], i: usize| (v[i] * 128.0 + 127.0).round() as u8;
+        let v = view_pixels(&img, 4, 2, (1, 2, false), n);
+        // Plane 0 (red) row-major: columns 1, 2; plane 1 (green): rows 2, 3.
+        assert_eq!((0..4).map(|i| red(&v, i)).collect::<Vec<_>>(), [10, 20, 10, 20]);
+        assert_eq!((4..8).map(|i| red(&v, i)).collect::<Vec<_>>(), [20, 20, 30, 30]);
+        let f = view_pixels(&img, 4, 2, (1, 2, true), n);
+        assert_eq!((0..4).map(|i| red(&f, i)).collect::<Vec<_>>(), [20, 10, 20, 10]);
+        // Training views stay inside and repeat for the same seed.
+        for i in 0..50 {
+            let (x, y, _) = train_view(3, i, 1, 256, 225);
+            assert!(x <= 31 && y <= 31);
+            assert_eq!(train_view(3, i, 1, 256, 225), (x, y, train_view(3, i, 1, 256, 225).2));
+        }
+    }
+}
