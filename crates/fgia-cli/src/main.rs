@@ -122,6 +122,40 @@ impl RetrievalArgs {
     fn resume_wanted(&self, run_dir: &std::path::Path) -> bool {
         self.resume && run_dir.join("recipe.toml").is_file()
     }
+
+    /// The recipes still to run, as `(recipe file, key, result record)`: the key is the file's
+    /// stem, and with `--skip-existing` a recipe whose record exists is left out (said on
+    /// stdout). Creates the results folder.
+    fn pending(&self) -> Result<Vec<(&std::path::Path, String, PathBuf)>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&self.results_dir).with_context(|| self.results_dir.display().to_string())?;
+        let mut out = Vec::new();
+        for path in &self.recipe {
+            let key = path.file_stem().and_then(|s| s.to_str()).context("recipe file name")?.trim_end_matches(".recipe").to_string();
+            let result = self.results_dir.join(format!("{key}.json"));
+            if self.skip_existing && fgia_core::record::ResultRecord::read(&result).is_ok() {
+                println!("{key}: finished earlier ({}), skipped", result.display());
+                continue;
+            }
+            out.push((path.as_path(), key, result));
+        }
+        Ok(out)
+    }
+
+    /// The run context of recipe `key`, whose trunk is `backbone`.
+    fn context(&self, key: &str, backbone: fgia_nn::BackboneKind, device_name: &str) -> Result<fgia_train::RunContext> {
+        let run_dir = self.runs_dir.join(key);
+        Ok(fgia_train::RunContext {
+            resume: self.resume_wanted(&run_dir),
+            stop_after_epochs: None,
+            run_dir,
+            data_root: self.data_root.clone(),
+            pretrained: Some(commands::resolve_pretrained(backbone, self.weights.as_deref())?),
+            device_name: device_name.to_string(),
+            git_revision: commands::git_revision(),
+            progress: !self.quiet,
+        })
+    }
 }
 
 #[derive(clap::Args, Debug)]

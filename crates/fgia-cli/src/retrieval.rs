@@ -16,33 +16,15 @@ use fgia_core::imaging::Transform;
 use fgia_core::retrieval::Distance;
 use fgia_nn::weights::load_network;
 use fgia_nn::{BackboneKind, NetworkConfig};
-use fgia_train::RunContext;
 
-use crate::commands::{git_revision, resolve_pretrained};
+use crate::commands::resolve_pretrained;
 use crate::{IndexArgs, QueryArgs, RetrievalArgs};
 
 pub fn retrieval<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: String) -> Result<()> {
     let mut caches: Vec<SharedCache> = Vec::new();
-    std::fs::create_dir_all(&a.results_dir).with_context(|| a.results_dir.display().to_string())?;
-    for path in &a.recipe {
-        let key = path.file_stem().and_then(|s| s.to_str()).context("recipe file name")?.trim_end_matches(".recipe").to_string();
-        let result = a.results_dir.join(format!("{key}.json"));
-        if a.skip_existing && fgia_core::record::ResultRecord::read(&result).is_ok() {
-            println!("{key}: finished earlier ({}), skipped", result.display());
-            continue;
-        }
+    for (path, key, result) in a.pending()? {
         let recipe = CbirRecipe::load(path)?;
-        let run_dir = a.runs_dir.join(&key);
-        let ctx = RunContext {
-            resume: a.resume_wanted(&run_dir),
-            run_dir,
-            data_root: a.data_root.clone(),
-            pretrained: Some(resolve_pretrained(recipe.model.backbone, a.weights.as_deref())?),
-            device_name: device_name.clone(),
-            git_revision: git_revision(),
-            progress: !a.quiet,
-            stop_after_epochs: None,
-        };
+        let ctx = a.context(&key, recipe.model.backbone, &device_name)?;
         let Some(record) = run_recipe::<Autodiff<B>>(&recipe, &ctx, &mut caches, &device).with_context(|| format!("recipe {}", path.display()))? else {
             continue;
         };

@@ -1,40 +1,22 @@
 //! `fgia sbir`: run Table 6 sketch-based retrieval recipes.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use fgia_sbir::recipe::SbirRecipe;
 use fgia_sbir::run::run_recipe;
-use fgia_train::RunContext;
 
 use crate::RetrievalArgs;
-use crate::commands::{git_revision, resolve_pretrained};
 
 pub fn sbir<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: String) -> Result<()> {
-    std::fs::create_dir_all(&a.results_dir).with_context(|| a.results_dir.display().to_string())?;
+    // Read every recipe first: errors surface before any work.
     let mut todo = Vec::new();
-    for path in &a.recipe {
-        let key = path.file_stem().and_then(|s| s.to_str()).context("recipe file name")?.trim_end_matches(".recipe").to_string();
-        let result = a.results_dir.join(format!("{key}.json"));
-        if a.skip_existing && fgia_core::record::ResultRecord::read(&result).is_ok() {
-            println!("{key}: finished earlier ({}), skipped", result.display());
-            continue;
-        }
+    for (path, key, result) in a.pending()? {
         todo.push((path, key, result, SbirRecipe::load(path)?));
     }
     let mut failed = Vec::new();
     for (path, key, result, recipe) in todo {
-        let run_dir = a.runs_dir.join(&key);
-        let ctx = RunContext {
-            resume: a.resume_wanted(&run_dir),
-            stop_after_epochs: None,
-            run_dir,
-            data_root: a.data_root.clone(),
-            pretrained: Some(resolve_pretrained(recipe.model.backbone, a.weights.as_deref())?),
-            device_name: device_name.clone(),
-            git_revision: git_revision(),
-            progress: !a.quiet,
-        };
+        let ctx = a.context(&key, recipe.model.backbone, &device_name)?;
         let record = match run_recipe::<Autodiff<B>>(&recipe, &ctx, &device) {
             Ok(Some(r)) => r,
             Ok(None) => continue,

@@ -126,11 +126,15 @@ mod tests {
         assert_eq!((4..8).map(|i| red(&v, i)).collect::<Vec<_>>(), [20, 20, 30, 30]);
         let f = view_pixels(&img, 4, 2, (1, 2, true), n);
         assert_eq!((0..4).map(|i| red(&f, i)).collect::<Vec<_>>(), [20, 10, 20, 10]);
-        // Training views stay inside and repeat for the same seed.
-        for i in 0..50 {
-            let (x, y, _) = train_view(3, i, 1, 256, 225);
-            assert!(x <= 31 && y <= 31);
-            assert_eq!(train_view(3, i, 1, 256, 225), (x, y, train_view(3, i, 1, 256, 225).2));
-        }
+        // Training views stay inside the image, spread over every offset and both flips, and
+        // change with the seed and the view index.
+        let views: Vec<View> = (0..2000).map(|i| train_view(3, i, 1, 256, 225)).collect();
+        assert!(views.iter().all(|&(x, y, _)| x <= 31 && y <= 31));
+        assert_eq!(views.iter().map(|v| v.0).max(), Some(31));
+        assert_eq!(views.iter().map(|v| v.1).min(), Some(0));
+        let flips = views.iter().filter(|v| v.2).count();
+        assert!((900..1100).contains(&flips), "{flips} of 2000 flipped");
+        assert!((0..50).any(|i| train_view(3, i, 1, 256, 225) != train_view(4, i, 1, 256, 225)));
+        assert!((0..50).any(|i| train_view(3, i, 1, 256, 225) != train_view(3, i, 2, 256, 225)));
     }
 }
