@@ -307,11 +307,7 @@ pub(crate) mod tests {
     }
 
     fn good() -> Vec<u8> {
-        tar_of(&[
-            raw_entry("data/", b'5', "", b""),
-            raw_entry("data/a.txt", b'0', "", b"hello"),
-            raw_entry("data/sub/b.txt", b'0', "", b"world"),
-        ])
+        tar_of(&[raw_entry("data/", b'5', "", b""), raw_entry("data/a.txt", b'0', "", b"hello"), raw_entry("data/sub/b.txt", b'0', "", b"world")])
     }
 
     #[test]
@@ -373,11 +369,8 @@ pub(crate) mod tests {
     /// `a/b/up/x/pwned` lands beside the destination. Links are refused outright.
     #[test]
     fn a_chain_of_symlinks_cannot_carry_a_file_outside() {
-        let bytes = tar_of(&[
-            raw_entry("a/b/up", b'2', "../..", b""),
-            raw_entry("a/b/up/x", b'2', "../../..", b""),
-            raw_entry("a/b/up/x/pwned", b'0', "", b"pwned"),
-        ]);
+        let bytes =
+            tar_of(&[raw_entry("a/b/up", b'2', "../..", b""), raw_entry("a/b/up/x", b'2', "../../..", b""), raw_entry("a/b/up/x/pwned", b'0', "", b"pwned")]);
         let dir = tempfile::tempdir().expect("tempdir");
         let dest = dir.path().join("deep/out");
         std::fs::create_dir_all(&dest).expect("mkdir");

@@ -298,7 +298,8 @@ mod tests {
                 let slice = &body[from..];
                 let status = if start > 0 { "206 Partial Content" } else { "200 OK" };
                 let range = format!("Content-Range: bytes {range_start}-{}/{}\r\n", body.len().saturating_sub(1), body.len());
-                let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n", slice.len(), if start > 0 { range.as_str() } else { "" });
+                let head =
+                    format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n", slice.len(), if start > 0 { range.as_str() } else { "" });
                 let _ = stream.write_all(head.as_bytes());
                 let cut = if n == 0 { break_after.min(slice.len()) } else { slice.len() };
                 let _ = stream.write_all(&slice[..cut]);

@@ -52,7 +52,7 @@ enum Cmd {
     },
     /// Reproduce a survey table (trains, evaluates, then renders the report).
     Reproduce {
-        /// The table: table2, table4 or table5.
+        /// The table: table2, table4, table5 or table6.
         table: String,
         /// The CPU-sized profile on the small shared subsets (default).
         #[arg(long, conflicts_with = "full")]
@@ -246,7 +246,12 @@ fn main() -> Result<()> {
                         }
                         Profile::Full => {
                             for bb in ["vgg16", "resnet50"] {
-                                weights::fetch_hub(&format!("timm/{bb}.tv_in1k"), "model.safetensors", &fgia_core::paths::hub_cache_dir(), &weights::pins_path())?;
+                                weights::fetch_hub(
+                                    &format!("timm/{bb}.tv_in1k"),
+                                    "model.safetensors",
+                                    &fgia_core::paths::hub_cache_dir(),
+                                    &weights::pins_path(),
+                                )?;
                             }
                             let downloads = ws.join("datasets").join("downloads");
                             let cub = match &root {
@@ -272,7 +277,12 @@ fn main() -> Result<()> {
                         }
                         Profile::Full => {
                             for bb in ["vgg16", "resnet50", "resnet101"] {
-                                weights::fetch_hub(&format!("timm/{bb}.tv_in1k"), "model.safetensors", &fgia_core::paths::hub_cache_dir(), &weights::pins_path())?;
+                                weights::fetch_hub(
+                                    &format!("timm/{bb}.tv_in1k"),
+                                    "model.safetensors",
+                                    &fgia_core::paths::hub_cache_dir(),
+                                    &weights::pins_path(),
+                                )?;
                             }
                             let downloads = ws.join("datasets").join("downloads");
                             let mut v = Vec::new();
@@ -291,7 +301,22 @@ fn main() -> Result<()> {
                     }
                     table2::table2(&ws, profile, seeds, device, &roots, &methods)?;
                 }
-                other => bail!("unknown table '{other}' (this version reproduces: table2, table4, table5)"),
+                "table6" => {
+                    weights::fetch_lite0(&fgia_core::paths::weights_dir())?;
+                    let data = match root.or_else(|| fgia_core::datasets::shared_data_dir(&ws)) {
+                        Some(d) => d,
+                        None => bail!(
+                            "Table 6 needs the QMUL sets (qmul-shoes-v1, qmul-chairs-v1): set FGIA_DATA, place them under ../shared/data, or pass --root DIR holding both"
+                        ),
+                    };
+                    if profile == Profile::Full {
+                        println!(
+                            "Table 6 --full: the recipes as written (all cached views, every epoch); the trunk stays frozen in this version, and every record says so"
+                        );
+                    }
+                    reproduce::table6(&ws, profile, seeds, device, &data)?;
+                }
+                other => bail!("unknown table '{other}' (this version reproduces: table2, table4, table5, table6)"),
             }
             render_report(&ws, &ws.join("results"), &ws.join("reports"))?;
         }

@@ -273,6 +273,75 @@ pub fn run_recipes(ws: &Path, fgia: &Path, device: &str, command: &str, runs: &P
     Ok(())
 }
 
+/// The recipe of one Table 6 run from a recipe file: the seed, and for the smoke profile the
+/// recipe's `[smoke]` changes (`epochs`, `train_views`), each recorded as a deviation naming the
+/// recipe's value. The `[smoke]` table itself never reaches the CLI.
+pub fn table6_setting(template: &toml::Value, profile: Profile, seed: u64) -> Result<toml::Value> {
+    let mut r = template.clone();
+    let smoke = r.as_table_mut().context("recipe is not a table")?.remove("smoke");
+    set(&mut r, "train", "seed", toml::Value::Integer(seed as i64))?;
+    let mut deviations: Vec<toml::Value> = Vec::new();
+    if profile == Profile::Smoke
+        && let Some(smoke) = smoke.as_ref().and_then(toml::Value::as_table)
+    {
+        for (k, v) in smoke {
+            let section = match k.as_str() {
+                "epochs" => "train",
+                "train_views" => "data",
+                other => bail!("[smoke].{other}: Table 6 recipes may change epochs and train_views only"),
+            };
+            let table = r.get_mut(section).and_then(|t| t.as_table_mut()).with_context(|| format!("recipe has no [{section}] table"))?;
+            if let Some(old) = table.insert(k.clone(), v.clone())
+                && old != *v
+            {
+                deviations.push(format!("{section}.{k} = {v} instead of the recipe's {old} (CPU budget of the smoke profile)").into());
+            }
+        }
+    }
+    if let Some(d) = r.get_mut("report").and_then(|t| t.as_table_mut()).and_then(|t| t.get_mut("deviations")).and_then(|d| d.as_array_mut()) {
+        d.retain(|x| !(profile == Profile::Smoke && x.as_str().is_some_and(|s| s.contains("cached random views")) && smoke.is_some()));
+        d.extend(deviations);
+    }
+    Ok(r)
+}
+
+/// The QMUL sets of Table 6 and their shared folders.
+pub const TABLE6_SETS: [(&str, &str); 2] = [("shoes", "qmul-shoes-v1"), ("chairs", "qmul-chairs-v1")];
+
+/// Runs Table 6 (sketch-based retrieval) on QMUL-Shoe and QMUL-Chair: every recipe of
+/// `recipes/table6/` on its set, `seeds` times. The recipes of one set run in one `fgia sbir`
+/// process, so they share the trunk's pass over the views.
+pub fn table6(ws: &Path, profile: Profile, seeds: usize, device: &str, data: &Path) -> Result<()> {
+    let fgia = cli_binary(ws, device)?;
+    let results = ws.join("results").join("table6");
+    let runs = ws.join("results").join("runs").join("table6");
+    std::fs::create_dir_all(&results)?;
+    std::fs::create_dir_all(&runs)?;
+    let started = std::time::Instant::now();
+    for (set_name, folder) in TABLE6_SETS {
+        let root = data.join(folder);
+        if !root.join("train.txt").is_file() {
+            bail!("{}: no QMUL set here (train.txt missing); place {folder} under {} or pass --root", root.display(), data.display());
+        }
+        let mut pending = Vec::new();
+        for method in recipe_names(ws, "table6")?.into_iter().filter(|m| m.ends_with(&format!("-{set_name}"))) {
+            let file = format!("recipes/table6/{method}.toml");
+            let template: toml::Value = toml::from_str(&std::fs::read_to_string(ws.join(&file))?).with_context(|| format!("{file}: invalid TOML"))?;
+            for seed in 0..seeds as u64 {
+                let r = table6_setting(&template, profile, seed)?;
+                pending.extend(stage_recipe(&runs, &results, &format!("{}-{method}-seed{seed}", profile.name()), &r)?);
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        println!("Table 6 ({}), {set_name}: {} runs on {}", profile.name(), pending.len(), root.display());
+        run_recipes(ws, &fgia, device, "sbir", &runs, &results, &root, &pending).with_context(|| format!("Table 6 on {set_name}"))?;
+    }
+    println!("Table 6 ({}): {:.0} s", profile.name(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 /// The smoke data of Table 5: cub-mini (as for Table 4) and, when present, cars-mini.
 pub fn table5_smoke_roots(ws: &Path, root: Option<&Path>) -> Result<Vec<(&'static str, PathBuf)>> {
     let mut roots = vec![("cub", smoke_root(ws, root)?)];
@@ -319,6 +388,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn table6_smoke_settings_apply_the_recipes_smoke_table_and_record_it() {
+        let ws = crate::workspace();
+        let names = recipe_names(&ws, "table6").expect("recipes");
+        assert!(names.len() >= 4, "{names:?}");
+        for name in names {
+            let template: toml::Value = toml::from_str(&std::fs::read_to_string(ws.join(format!("recipes/table6/{name}.toml"))).expect("read")).expect("toml");
+            let smoke = table6_setting(&template, Profile::Smoke, 2).expect("smoke");
+            let full = table6_setting(&template, Profile::Full, 2).expect("full");
+            for r in [&smoke, &full] {
+                assert!(r.get("smoke").is_none(), "{name}: [smoke] stays in xtask");
+                assert_eq!(r["train"]["seed"].as_integer(), Some(2));
+                for section in ["method", "model", "data", "train", "report"] {
+                    assert!(r.get(section).is_some_and(toml::Value::is_table), "{name}: [{section}]");
+                }
+            }
+            assert_eq!(full["train"]["epochs"], template["train"]["epochs"], "{name}: full keeps the recipe");
+            if let Some(e) = template.get("smoke").and_then(|s| s.get("epochs")) {
+                assert_eq!(&smoke["train"]["epochs"], e);
+                let devs = smoke["report"]["deviations"].as_array().expect("deviations");
+                assert!(devs.iter().any(|d| d.as_str().is_some_and(|d| d.contains("train.epochs") && d.contains("CPU budget"))), "{name}: {devs:?}");
+            }
+        }
+        let mut bad: toml::Value = toml::from_str("[train]\nseed = 0\n[smoke]\nlr = 1.0\n").expect("toml");
+        assert!(table6_setting(&bad, Profile::Smoke, 0).is_err());
+        bad.as_table_mut().expect("table").remove("smoke");
+        assert!(table6_setting(&bad, Profile::Smoke, 0).is_ok());
     }
 
     #[test]

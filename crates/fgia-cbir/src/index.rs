@@ -207,7 +207,10 @@ impl Index {
         if let Some(p) = &header.hnsw
             && !((2..=MAX_HNSW_M).contains(&p.m) && (1..=MAX_HNSW_EF).contains(&p.ef_construction) && (1..=MAX_HNSW_EF).contains(&p.ef_search))
         {
-            return Err(format!("header: HNSW m {}, ef_construction {}, ef_search {} outside 2..={MAX_HNSW_M} and 1..={MAX_HNSW_EF}", p.m, p.ef_construction, p.ef_search));
+            return Err(format!(
+                "header: HNSW m {}, ef_construction {}, ef_search {} outside 2..={MAX_HNSW_M} and 1..={MAX_HNSW_EF}",
+                p.m, p.ef_construction, p.ef_search
+            ));
         }
         let nfloats = header.n.checked_mul(header.dim).ok_or("header: n * dim overflows")?;
         let raw = take(nfloats.checked_mul(4).ok_or("header: size overflows")?)?;
@@ -321,7 +324,7 @@ mod tests {
         let items = [IndexItem { path: "/dev/zero".into(), label: None }, IndexItem { path: dir.path().join("absent.jpg").display().to_string(), label: None }];
         let shown: Vec<(&IndexItem, f32)> = items.iter().map(|i| (i, 0.5)).collect();
         let page = dir.path().join("q.html");
-        crate::report_html::write_query_page(&page, Path::new("/dev/zero"), &shown, Path::new("g.fgiaidx")).expect("page");
+        crate::report_html::write_query_page(&page, Path::new("/dev/zero"), &shown, Path::new("g.fgiaidx"), "Query", "distances").expect("page");
         let html = std::fs::read_to_string(&page).expect("read");
         assert_eq!(html.matches("unreadable").count(), 3, "{html}");
         assert!(html.contains("not a regular file"));

@@ -25,8 +25,9 @@ fn file_name(p: &str) -> &str {
     p.rsplit(['/', '\\']).next().unwrap_or(p)
 }
 
-/// Writes `page` with the query and `(item, distance)` results; returns the page path.
-pub fn write_query_page(page: &Path, query: &Path, results: &[(&IndexItem, f32)], index_path: &Path) -> Result<PathBuf, String> {
+/// Writes `page` with the query (headed `title`) and `(item, distance)` results, `note` saying
+/// what the distances are; returns the page path.
+pub fn write_query_page(page: &Path, query: &Path, results: &[(&IndexItem, f32)], index_path: &Path, title: &str, note: &str) -> Result<PathBuf, String> {
     let stem = page.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "query".into());
     let dir = page.with_file_name(format!("{stem}_files"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -45,8 +46,10 @@ pub fn write_query_page(page: &Path, query: &Path, results: &[(&IndexItem, f32)]
     );
     let _ = write!(
         body,
-        "<h1>Query</h1><p>Index: <code>{}</code>. Distances are 1 − cosine similarity (cosine index) or euclidean.</p><figure class=\"q\" title=\"{}\">{}<figcaption>{}</figcaption></figure>",
+        "<h1>{}</h1><p>Index: <code>{}</code>. {}</p><figure class=\"q\" title=\"{}\">{}<figcaption>{}</figcaption></figure>",
+        esc(title),
         esc(&index_path.display().to_string()),
+        esc(note),
         esc(&query.display().to_string()),
         cell(0, query),
         esc(file_name(&query.display().to_string()))

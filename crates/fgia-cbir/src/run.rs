@@ -474,6 +474,7 @@ pub fn run_recipe<B: AutodiffBackend>(
             trained_layers,
             mode,
             trained_from_stage: None,
+            loss: None,
         },
         seed: recipe.train.seed,
         metrics,

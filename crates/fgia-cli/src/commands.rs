@@ -30,6 +30,8 @@ pub fn run<B: Backend>(command: Command, device: B::Device, device_name: String)
         Command::Retrieval(a) => retrieval::retrieval::<B>(a, device, device_name),
         Command::Encoding(a) => encoding::encoding::<B>(a, device, device_name),
         Command::Sbir(a) => sbir::sbir::<B>(a, device, device_name),
+        Command::SbirIndex(a) => sbir::sbir_index::<B>(a, device),
+        Command::SbirQuery(a) => sbir::sbir_query::<B>(a, device),
         Command::Index(a) => retrieval::index::<B>(a, device),
         Command::Query(a) => retrieval::query::<B>(a, device),
         Command::Loader(a) => loader(a),

@@ -55,6 +55,10 @@ enum Command {
     /// Run sketch-based retrieval recipes (Table 6, §6.2): triplet training on QMUL Shoe or
     /// Chair, ten-view acc@K; one result record per recipe.
     Sbir(RetrievalArgs),
+    /// Embed a folder of photos (edge maps) with a finished `fgia sbir` run, for `sbir-query`.
+    SbirIndex(SbirIndexArgs),
+    /// Rank the photos of an SBIR index for sketches: top-K with energies, and an HTML page.
+    SbirQuery(SbirQueryArgs),
     /// Index a folder of images (recursively) for retrieval.
     Index(IndexArgs),
     /// Search an index with query images: top-K with distances, and an HTML page.
@@ -62,6 +66,45 @@ enum Command {
     /// Time the training data loader alone: decode and augment a dataset's training split
     /// through the engine's prefetching batch source, without training; prints images/s.
     Loader(LoaderArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SbirIndexArgs {
+    /// A finished `fgia sbir` run folder (its recipe and newest checkpoint embed the photos).
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Folder of photos or edge maps (searched recursively; unreadable files are reported and
+    /// skipped).
+    #[arg(long)]
+    photos: PathBuf,
+    /// Index file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Pretrained trunk weights (default: resolved from the caches).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct SbirQueryArgs {
+    /// Index file (`fgia sbir-index`).
+    #[arg(long)]
+    index: PathBuf,
+    /// Results per sketch.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Write an HTML page with the sketch and its ranked photos (one page per sketch).
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Pretrained trunk weights (default: resolved from the caches).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Sketch images.
+    #[arg(required = true)]
+    sketches: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]

@@ -116,7 +116,15 @@ pub fn query<B: Backend>(a: QueryArgs, device: B::Device) -> Result<()> {
                 html.clone()
             };
             let shown: Vec<(&IndexItem, f32)> = results.iter().map(|&(j, d)| (&idx.header.items[j], d)).collect();
-            let p = fgia_cbir::report_html::write_query_page(&page, &a.images[i], &shown, &a.index).map_err(anyhow::Error::msg)?;
+            let p = fgia_cbir::report_html::write_query_page(
+                &page,
+                &a.images[i],
+                &shown,
+                &a.index,
+                "Query",
+                "Distances are 1 − cosine similarity (cosine index) or euclidean.",
+            )
+            .map_err(anyhow::Error::msg)?;
             writeln!(out, "  page: {}", p.display())?;
         }
     }

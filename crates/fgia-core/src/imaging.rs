@@ -194,7 +194,14 @@ impl Transform {
     /// `trim_bottom` rows are dropped first (FGVC-Aircraft's banner); `bbox` is used when
     /// [`Transform::box_crop`] is set. Returns where the view lies in the source image, or an
     /// error when a resize target would exceed [`MAX_RESIZE_PIXELS`] (an extreme aspect ratio).
-    pub fn apply(&self, img: &RgbImage, trim_bottom: u32, bbox: Option<BBox>, rng: &mut SplitMix64, out: &mut [f32]) -> std::result::Result<ViewGeometry, String> {
+    pub fn apply(
+        &self,
+        img: &RgbImage,
+        trim_bottom: u32,
+        bbox: Option<BBox>,
+        rng: &mut SplitMix64,
+        out: &mut [f32],
+    ) -> std::result::Result<ViewGeometry, String> {
         assert_eq!(out.len(), self.output_len(), "output buffer has the wrong size");
         let bounded = |nw: u64, nh: u64| -> std::result::Result<(u32, u32), String> {
             if nw.saturating_mul(nh) > MAX_RESIZE_PIXELS || nw > u32::MAX as u64 || nh > u32::MAX as u64 {
@@ -439,7 +446,8 @@ mod tests {
         // resize to 448.
         let strip: ImageBuffer<Luma<u8>, Vec<u8>> = ImageBuffer::from_pixel(1, 4_000_000, Luma([128u8]));
         let mut png = Vec::new();
-        let enc = image::codecs::png::PngEncoder::new_with_quality(&mut png, image::codecs::png::CompressionType::Best, image::codecs::png::FilterType::NoFilter);
+        let enc =
+            image::codecs::png::PngEncoder::new_with_quality(&mut png, image::codecs::png::CompressionType::Best, image::codecs::png::FilterType::NoFilter);
         image::ImageEncoder::write_image(enc, strip.as_raw(), 1, 4_000_000, image::ExtendedColorType::L8).expect("png");
         assert!(png.len() < 64 << 10, "{} bytes", png.len());
         let e = decode_rgb(&png).expect_err("too tall");

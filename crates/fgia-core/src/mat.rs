@@ -678,12 +678,16 @@ mod tests {
                 },
                 "overflows",
             ),
-            ("struct 1e12 elements", file_of(&{
-                let mut b = head(MX_STRUCT, MI_DOUBLE, &f64s(&[1.0, 1e12]), "st");
-                b.extend(el(MI_INT32, &8i32.to_le_bytes()));
-                b.extend(el(MI_INT8, b"field\0\0\0"));
-                b
-            }), "only"),
+            (
+                "struct 1e12 elements",
+                file_of(&{
+                    let mut b = head(MX_STRUCT, MI_DOUBLE, &f64s(&[1.0, 1e12]), "st");
+                    b.extend(el(MI_INT32, &8i32.to_le_bytes()));
+                    b.extend(el(MI_INT8, b"field\0\0\0"));
+                    b
+                }),
+                "only",
+            ),
             ("negative dim", file_of(&head(MX_DOUBLE, MI_INT32, &i32s(&[-3, 1]), "n")), "invalid dimension -3"),
         ];
         for (what, bytes, expect) in cases {

@@ -69,6 +69,9 @@ pub struct Protocol {
     /// With [`FeatureMode::Partial`]: the first trained backbone stage.
     #[serde(default)]
     pub trained_from_stage: Option<usize>,
+    /// The loss, where a table compares losses (Table 6: the triplet loss or HOLEF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<String>,
 }
 
 /// One measured result.
@@ -254,10 +257,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     let name = path.file_name().ok_or_else(|| DataError::Invalid(format!("{} has no file name", path.display())))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}{TMP_INFIX}", name.to_string_lossy()))
-        .tempfile_in(dir)
-        .map_err(|e| DataError::io(dir, e))?;
+    let mut tmp = tempfile::Builder::new().prefix(&format!(".{}{TMP_INFIX}", name.to_string_lossy())).tempfile_in(dir).map_err(|e| DataError::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| DataError::io(tmp.path(), e))?;
     tmp.as_file().sync_all().map_err(|e| DataError::io(tmp.path(), e))?;
     // On failure the temporary file is removed when `tmp` drops.
@@ -323,6 +323,7 @@ mod tests {
                 trained_layers: "all".into(),
                 mode: FeatureMode::EndToEnd,
                 trained_from_stage: None,
+                loss: None,
             },
             seed: 0,
             metrics: [("top1".to_string(), 50.0)].into_iter().collect(),
@@ -375,7 +376,16 @@ mod tests {
     fn non_finite_metrics_round_trip_through_metrics_jsonl() {
         let dir = tempfile::tempdir().expect("tempdir");
         let lines = [
-            EpochMetrics { epoch: 1, train_loss: f64::NAN, train_top1: 1.0, lr: 0.1, grad_norm: f64::INFINITY, test_top1: Some(f64::NEG_INFINITY), seconds: 2.0, skipped_images: 0 },
+            EpochMetrics {
+                epoch: 1,
+                train_loss: f64::NAN,
+                train_top1: 1.0,
+                lr: 0.1,
+                grad_norm: f64::INFINITY,
+                test_top1: Some(f64::NEG_INFINITY),
+                seconds: 2.0,
+                skipped_images: 0,
+            },
             EpochMetrics { epoch: 2, train_loss: 0.5, train_top1: 2.0, lr: 0.1, grad_norm: 3.0, test_top1: None, seconds: 2.0, skipped_images: 1 },
         ];
         let text: String = lines.iter().map(|m| format!("{}\n", serde_json::to_string(m).expect("serialise"))).collect();

@@ -756,6 +756,7 @@ pub fn run_recipe<B: AutodiffBackend>(
                 FeatureMode::Frozen
             },
             trained_from_stage: (!end_to_end && method.fine_tunes_last_stage()).then_some(f),
+            loss: None,
         },
         seed: t.seed,
         metrics,

@@ -10,6 +10,7 @@ pub mod charts;
 pub mod reference;
 pub mod table2;
 pub mod table5;
+pub mod table6;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -159,7 +160,7 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
     let reference = read_reference(reference_csv)?;
     let (records, unreadable) = load_records(results);
     let mut summary = Summary { records: records.len(), unreadable, ..Default::default() };
-    let nav = "<a href=\"index.html\">Index</a><a href=\"table2.html\">Table 2</a><a href=\"table4.html\">Table 4</a><a href=\"table5.html\">Table 5</a>";
+    let nav = "<a href=\"index.html\">Index</a><a href=\"table2.html\">Table 2</a><a href=\"table4.html\">Table 4</a><a href=\"table5.html\">Table 5</a><a href=\"table6.html\">Table 6</a>";
 
     // Table 2: recognition, §5.1 and §5.2.
     let t2: Vec<&Loaded> = records.iter().filter(|l| l.record.table == "table2").collect();
@@ -181,6 +182,13 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
     let body = table5::table5_body(&t5, &t5_ref, out)?;
     write(&out.join("table5.html"), &page("Table 5: content-based fine-grained retrieval (Recall@K)", nav, &body))?;
     summary.pages.push(out.join("table5.html"));
+
+    // Table 6: sketch-based retrieval.
+    let t6: Vec<&Loaded> = records.iter().filter(|l| l.record.table == "table6").collect();
+    let t6_ref: Vec<&ReferenceValue> = reference.iter().filter(|r| r.table == "T6").collect();
+    let body = table6::table6_body(&t6, &t6_ref, out)?;
+    write(&out.join("table6.html"), &page("Table 6: fine-grained sketch-based image retrieval (acc@K)", nav, &body))?;
+    summary.pages.push(out.join("table6.html"));
 
     // One page per run.
     for l in &records {
@@ -212,11 +220,16 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
         "<li><a href=\"table5.html\">Table 5</a>: content-based retrieval, Recall@K on CUB-200-2011 and Stanford Cars ({} runs)</li>",
         by_table.get("table5").copied().unwrap_or(0)
     );
+    let _ = writeln!(
+        body,
+        "<li><a href=\"table6.html\">Table 6</a>: sketch-based retrieval, acc@K on QMUL-Shoe and QMUL-Chair ({} runs)</li>",
+        by_table.get("table6").copied().unwrap_or(0)
+    );
     body.push_str("</ul>\n<h2>Runs</h2>\n");
     if records.is_empty() {
         body.push_str("<p class=\"warn\">No result records yet. Run <code>cargo xtask reproduce table4 --smoke</code>.</p>\n");
     } else {
-        body.push_str("<table><tr><th>Table</th><th>Method</th><th>Data</th><th>Backbone</th><th>Input</th><th>Seed</th><th>Top-1 / R@1</th><th>Device</th><th>Wall time</th></tr>\n");
+        body.push_str("<table><tr><th>Table</th><th>Method</th><th>Data</th><th>Backbone</th><th>Input</th><th>Seed</th><th>Top-1 / R@1 / acc@1</th><th>Device</th><th>Wall time</th></tr>\n");
         for l in &records {
             let r = &l.record;
             let _ = writeln!(
@@ -229,7 +242,7 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
                 esc(&r.backbone),
                 r.resolution,
                 r.seed,
-                r.metrics.get("top1").or_else(|| r.metrics.get("recall@1")).map(|v| format!("{v:.2}")).unwrap_or_default(),
+                r.metrics.get("top1").or_else(|| r.metrics.get("recall@1")).or_else(|| r.metrics.get("acc@1")).map(|v| format!("{v:.2}")).unwrap_or_default(),
                 esc(&r.device),
                 r.wall_time_s
             );
@@ -269,6 +282,16 @@ pub(crate) fn deviations_list(records: &[&Loaded]) -> String {
     }
     out.push_str("</ul>\n");
     out
+}
+
+/// A table cell with the mean over seeds in bold, and ± the standard deviation when there are
+/// several.
+pub(crate) fn cell(mean: Option<f64>, std: Option<f64>, n: u64) -> String {
+    match (mean, std) {
+        (Some(m), Some(s)) if n > 1 => format!("<td class=\"num\"><b>{m:.1}</b> ± {s:.1}</td>"),
+        (Some(m), _) => format!("<td class=\"num\"><b>{m:.1}</b></td>"),
+        _ => "<td>—</td>".into(),
+    }
 }
 
 pub(crate) fn get_f64(df: &DataFrame, name: &str, i: usize) -> Option<f64> {

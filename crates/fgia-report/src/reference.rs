@@ -18,6 +18,10 @@ pub struct ReferenceValue {
     pub family: String,
     /// Method name.
     pub method: String,
+    /// Venue (`CVPR`, `ICCV`, ...), empty where not given.
+    pub venue: String,
+    /// Year of publication, empty where not given.
+    pub year: String,
     /// Backbone.
     pub backbone: String,
     /// Input resolution as given (may be free text or empty).
@@ -94,6 +98,8 @@ pub fn read_reference(path: &Path) -> Result<Vec<ReferenceValue>, ReportError> {
         col("value")?,
         col("provenance")?,
         col("note")?,
+        col("venue")?,
+        col("year")?,
     ];
     let mut out = Vec::new();
     for (i, line) in lines.enumerate() {
@@ -113,6 +119,8 @@ pub fn read_reference(path: &Path) -> Result<Vec<ReferenceValue>, ReportError> {
             paradigm: get(2),
             family: get(3),
             method: get(4),
+            venue: get(12),
+            year: get(13),
             backbone: get(5),
             resolution: get(6),
             dataset: get(7),
@@ -145,6 +153,7 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].value, 81.6);
         assert_eq!(r[0].note, "recipe, not stated");
+        assert_eq!((r[1].venue.as_str(), r[1].year.as_str()), ("ICCV", "2015"));
         assert!(!r[0].is_unverified() && r[1].is_unverified());
         assert_eq!(r[1].provenance_label(), "UNVERIFIED (med)");
         std::fs::write(&p, "table,section,paradigm,family,method,ref,venue,year,backbone,resolution,train_annotations,dataset,metric,value,provenance,note\nT4,,,,,,,,,,,,top1,eighty,survey,\n").expect("write");

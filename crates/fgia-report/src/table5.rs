@@ -7,7 +7,7 @@ use polars::prelude::*;
 
 use crate::charts::{Series, line_chart};
 use crate::reference::ReferenceValue;
-use crate::{Loaded, ReportError, deviations_list, esc, get_f64, get_str, run_page_name, write};
+use crate::{Loaded, ReportError, cell, deviations_list, esc, get_f64, get_str, run_page_name, write};
 
 const KS: [usize; 4] = [1, 2, 4, 8];
 /// Metrics summarised over seeds (column names are the record's metric names).
@@ -33,14 +33,6 @@ fn summarise(records: &[&Loaded]) -> Result<DataFrame, ReportError> {
         aggs.push(col(m).std(1).alias(format!("{m}:std")));
     }
     Ok(df.lazy().group_by([col("dataset"), col("method"), col("backbone"), col("data")]).agg(aggs).collect()?)
-}
-
-fn cell(mean: Option<f64>, std: Option<f64>, n: u64) -> String {
-    match (mean, std) {
-        (Some(m), Some(s)) if n > 1 => format!("<td class=\"num\"><b>{m:.1}</b> ± {s:.1}</td>"),
-        (Some(m), _) => format!("<td class=\"num\"><b>{m:.1}</b></td>"),
-        _ => "<td>—</td>".into(),
-    }
 }
 
 /// Whether the records of `method` say its equation is a reconstruction.

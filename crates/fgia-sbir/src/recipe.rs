@@ -7,7 +7,7 @@ use fgia_train::TrainError;
 use fgia_train::recipe::ReportSection;
 use serde::{Deserialize, Serialize};
 
-use crate::Method;
+use crate::{Loss, Method};
 
 /// A sketch-based retrieval recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,13 +23,27 @@ pub struct SbirRecipe {
     pub train: SbirTrain,
     /// What goes into the result record.
     pub report: ReportSection,
+    /// What `cargo xtask reproduce table6 --smoke` changes (and records as deviations); a run
+    /// of the recipe itself ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoke: Option<SbirSmoke>,
+}
+
+/// The smoke profile's changes to a recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SbirSmoke {
+    /// Epochs instead of `train.epochs`.
+    pub epochs: Option<usize>,
+    /// Cached training views instead of `data.train_views`.
+    pub train_views: Option<usize>,
 }
 
 /// Which method.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MethodSection {
-    /// Registry name (`triplet-sketch-a-net`).
+    /// Registry name (`triplet-sketch-a-net`, `dssa`).
     pub name: Method,
 }
 
@@ -86,6 +100,9 @@ pub struct SbirTrain {
     pub hard_ratio: f64,
     /// Seed of the initialisation, the views and the triplets.
     pub seed: u64,
+    /// The energy of the triplet loss (`triplet`, the default, or DSSA's `holef`).
+    #[serde(default)]
+    pub loss: Loss,
 }
 
 impl SbirRecipe {
@@ -124,6 +141,9 @@ impl SbirRecipe {
                 return Err(format!("train: {name} must be positive and finite, not {v}"));
             }
         }
+        if t.loss == Loss::Holef && self.method.name != Method::Dssa {
+            return Err("train: loss = \"holef\" belongs to DSSA (method dssa)".into());
+        }
         for (name, v) in [("momentum", t.momentum), ("weight_decay", t.weight_decay), ("hard_ratio", t.hard_ratio)] {
             if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
                 return Err(format!("train: {name} must lie in [0, 1], not {v}"));
@@ -154,11 +174,15 @@ mod tests {
             let p = e.expect("entry").path();
             let text = std::fs::read_to_string(&p).expect("read");
             let r = SbirRecipe::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            assert!(text.contains("crates/fgia-sbir/src/model.rs"), "{} names its method file", p.display());
+            assert!(text.contains(r.method.name.file()), "{} names its method file", p.display());
+            let file = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(r.method.name.file())).expect("method file");
+            let name = p.file_name().and_then(|s| s.to_str()).expect("utf8");
+            let family = name.trim_end_matches(".toml").trim_end_matches("-shoes").trim_end_matches("-chairs").trim_end_matches("-holef");
+            assert!(file.contains(&format!("recipes/table6/{family}")), "{} names {name}", r.method.name.file());
             assert_eq!(r.report.table, "table6");
             n += 1;
         }
-        assert_eq!(n, 2);
+        assert_eq!(n, 6);
         let bad = std::fs::read_to_string(dir.join("triplet-sketch-a-net-shoes.toml")).expect("read").replace("hard_ratio = 0.75", "hard_ratio = 1.5");
         assert!(SbirRecipe::parse(&bad).expect_err("hard_ratio").contains("hard_ratio"));
     }

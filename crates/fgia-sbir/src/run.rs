@@ -1,11 +1,15 @@
-//! One sketch-based retrieval run: the views through the frozen trunk, triplet training of the
-//! head on the one engine, the ten-view evaluation, and the result record.
+//! One sketch-based retrieval run: the views through the frozen trunk (shared by the recipes of
+//! one process), triplet training of the method's layers on the one engine, the ten-view
+//! evaluation, and the result record.
 //!
 //! Protocol (Yu et al. 2016, §5.1): at test, the ten views of every sketch and photo are
-//! embedded, the squared Euclidean sketch × photo distances of matching views are summed over
-//! the views, and acc@K is the share of sketches whose own photo ranks in the top K
-//! (`fgia_core::metrics::acc_at_k`, ties to the lower index). The centre view alone is
-//! recorded beside it (`*_1view`), so the report can show what the ten views add.
+//! embedded, the sketch × photo energies of matching views (squared Euclidean, or HOLEF's
+//! `D_W`) are summed over the views, and acc@K is the share of sketches whose own photo ranks in
+//! the top K (`fgia_core::metrics::acc_at_k`, ties to the lower index), recorded for K = 1..20.
+//! The centre view alone is recorded beside it (`*_1view`), so the report can show what the
+//! ten views add. `triplets_correct` is the CVPR paper's %corr: the share of the test split's
+//! human triplets `(s, a, b)` ("a is more like s than b") that the summed energies order the
+//! same way, `D(s, a) < D(s, b)` (a tie counts as wrong).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,7 +18,7 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
-use fgia_core::datasets::{SketchSplit, TripletSampler, read_qmul};
+use fgia_core::datasets::{TripletSampler, read_qmul};
 use fgia_core::imaging::ten_view_offsets;
 use fgia_core::metrics::acc_at_k;
 use fgia_core::record::{FeatureMode, Protocol, ResultRecord};
@@ -24,12 +28,15 @@ use fgia_nn::weights::load_network;
 use fgia_train::engine::{self, Decay, EngineSpec, HostBatch, LrSchedule, OptimizerSpec, ParamGroup, Sampler, StepLoss, TrainMethod, Trained};
 use fgia_train::{RunContext, TrainError};
 
-use crate::model::{TripletHead, TripletHeadConfig, triplet_loss};
+use crate::dssa::{DssaHead, DssaHeadConfig, Holef};
+use crate::loss::{all_energies, energy_triplet_loss};
 use crate::recipe::SbirRecipe;
-use crate::views::{ViewFeatures, compute, train_view};
+use crate::triplet_sketch_a_net::{TripletHead, TripletHeadConfig};
+use crate::views::{SharedViews, ViewFeatures, Views, compute, conv5_stage, train_view};
+use crate::{Loss, Method};
 
-/// The K of acc@K.
-pub const KS: [usize; 3] = [1, 5, 10];
+/// acc@K is recorded for K = 1..=`MAX_K` (the report draws the curve).
+pub const MAX_K: usize = 20;
 /// The centre view, unmirrored, among the ten.
 const CENTRE: usize = 4;
 
@@ -85,11 +92,58 @@ impl engine::BatchSource for TripletSource<'_> {
     }
 }
 
-/// The trained head and its margin, as the engine's method.
+/// The trained layers of one method, and HOLEF's `W` when the loss uses it.
+#[derive(Module, Debug)]
+pub struct SbirModel<B: Backend> {
+    /// Triplet Sketch-a-Net's `fc6`, `fc7`.
+    pub triplet: Option<TripletHead<B>>,
+    /// DSSA's attention, `fc6`, `fc7`.
+    pub dssa: Option<DssaHead<B>>,
+    /// HOLEF's `W`.
+    pub holef: Option<Holef<B>>,
+}
+
+impl<B: Backend> SbirModel<B> {
+    /// A fresh model of `method` over features of `dim` (pooled) or maps of `map` shape.
+    pub fn new(method: Method, loss: Loss, dim: usize, map: [usize; 3], device: &B::Device) -> Self {
+        let (triplet, dssa, embedding) = match method {
+            Method::TripletSketchANet => {
+                let c = TripletHeadConfig::new(dim);
+                let e = c.fc7;
+                (Some(c.init(device)), None, e)
+            }
+            Method::Dssa => {
+                let c = DssaHeadConfig::new(map);
+                (None, Some(c.init(device)), c.embedding())
+            }
+        };
+        let holef = match loss {
+            Loss::Triplet => None,
+            Loss::Holef => Some(Holef::new(embedding, device)),
+        };
+        SbirModel { triplet, dssa, holef }
+    }
+
+    /// Embeddings of flattened inputs: `[n, dim]` to `[n, e]`.
+    pub fn embed(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match (&self.triplet, &self.dssa) {
+            (Some(h), _) => h.forward(x),
+            (None, Some(h)) => h.forward(x),
+            (None, None) => unreachable!("SbirModel::new sets one head"),
+        }
+    }
+
+    /// HOLEF's `W`; `None` for the squared Euclidean distance.
+    pub fn energy(&self) -> Option<Tensor<B, 2>> {
+        self.holef.as_ref().map(Holef::w)
+    }
+}
+
+/// The trained layers and the margin, as the engine's method.
 #[derive(Module, Debug)]
 pub struct TripletMethod<B: Backend> {
-    /// `fc6`, `fc7`.
-    pub head: TripletHead<B>,
+    /// What trains.
+    pub model: SbirModel<B>,
     /// Triplet margin.
     pub margin: f64,
 }
@@ -104,8 +158,8 @@ impl<B: AutodiffBackend> TrainMethod<B> for TripletMethod<B> {
     }
 
     fn loss(&self, input: &Self::Input, _step: usize) -> StepLoss<B> {
-        let [a, p, n] = input.clone().map(|x| self.head.forward(x));
-        let (loss, diff) = triplet_loss(a, p, n, self.margin);
+        let [a, p, n] = input.clone().map(|x| self.model.embed(x));
+        let (loss, diff) = energy_triplet_loss(a, p, n, self.model.energy(), self.margin);
         // A triplet is right when its positive is the closer photo.
         let hits = diff.lower_elem(0.0).int().sum().into_scalar().elem::<i64>() as usize;
         StepLoss { loss, hits: Some(hits) }
@@ -116,38 +170,99 @@ impl<B: AutodiffBackend> TrainMethod<B> for TripletMethod<B> {
     }
 }
 
-/// Embeds every view of `f` with `head`: `[images * views, 256]`, row-major.
-fn embed_all<B: Backend>(head: &TripletHead<B>, f: &ViewFeatures, device: &B::Device) -> Vec<f32> {
+/// Embeds every view of `f` with `model`, 256 rows at a time: `[images * views, e]`.
+fn embed_all<B: Backend>(model: &SbirModel<B>, f: &ViewFeatures, device: &B::Device) -> Tensor<B, 2> {
     let rows = f.len() * f.views;
-    let x = Tensor::<B, 2>::from_data(TensorData::new(f.data.clone(), [rows, f.dim]), device);
-    head.forward(x).into_data().to_vec::<f32>().expect("f32 embeddings")
+    let parts: Vec<Tensor<B, 2>> = (0..rows)
+        .step_by(256)
+        .map(|at| {
+            let end = (at + 256).min(rows);
+            let x = Tensor::<B, 2>::from_data(TensorData::new(f.data[at * f.dim..end * f.dim].to_vec(), [end - at, f.dim]), device);
+            model.embed(x)
+        })
+        .collect();
+    Tensor::cat(parts, 0)
 }
 
-/// Summed squared distances between the matching `views` of sketches and photos:
-/// `[sketches, photos]`.
-fn view_distances(sk: &[f32], ph: &[f32], n: usize, views_of: usize, views: &[usize], dim: usize) -> Vec<f32> {
-    let mut d = vec![0f32; n * n];
-    for i in 0..n {
-        for j in 0..n {
-            d[i * n + j] = views
-                .iter()
-                .map(|&v| {
-                    let a = &sk[(i * views_of + v) * dim..(i * views_of + v + 1) * dim];
-                    let b = &ph[(j * views_of + v) * dim..(j * views_of + v + 1) * dim];
-                    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>()
-                })
-                .sum();
+/// Summed energies between the matching `views` of sketches and photos, whose embeddings are
+/// `[n * views_of, e]` rows (image-major): `[n sketches, n photos]`, row-major.
+fn view_energies<B: Backend>(sk: &Tensor<B, 2>, ph: &Tensor<B, 2>, n: usize, views_of: usize, views: &[usize], w: Option<&Tensor<B, 2>>) -> Vec<f32> {
+    let device = sk.device();
+    let mut sum = Tensor::<B, 2>::zeros([n, n], &device);
+    for &v in views {
+        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new((0..n).map(|i| (i * views_of + v) as i64).collect::<Vec<_>>(), [n]), &device);
+        sum = sum + all_energies(sk.clone().select(0, rows.clone()), ph.clone().select(0, rows), w.cloned());
+    }
+    sum.into_data().to_vec::<f32>().expect("f32 energies")
+}
+
+/// The CVPR paper's %corr: the share of human triplets `[a, b]` of each sketch `k` with
+/// `dist[k][a] < dist[k][b]`, percent.
+pub fn triplets_correct(dist: &[f32], gallery: usize, triplets: &[Vec<[usize; 2]>]) -> f64 {
+    let (mut right, mut all) = (0usize, 0usize);
+    for (k, list) in triplets.iter().enumerate() {
+        for &[a, b] in list {
+            all += 1;
+            right += usize::from(dist[k * gallery + a] < dist[k * gallery + b]);
         }
     }
-    d
+    100.0 * right as f64 / all.max(1) as f64
 }
 
-fn paths(split: &SketchSplit) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    (split.sketches.clone(), split.photos.clone())
+/// The four view sets of recipe `r` on `ds` (training sketches, training photos, test sketches,
+/// test photos), from `shared` when an earlier recipe of this process computed them, else
+/// through the trunk (then kept in `shared`).
+fn views_of<'a, B: Backend>(
+    r: &SbirRecipe,
+    ds: &fgia_core::datasets::SketchDataset,
+    root: &std::path::Path,
+    ctx: &RunContext,
+    shared: &'a mut Vec<SharedViews>,
+    device: &B::Device,
+) -> Result<&'a [Views; 4], TrainError> {
+    let (d, t, kind) = (&r.data, &r.train, r.model.backbone);
+    let key = format!("{}|{}|{}|{}|{}|{}", kind.name(), root.display(), d.side, d.crop, d.train_views, t.seed);
+    if let Some(i) = shared.iter().position(|v| v.key == key) {
+        return Ok(&shared[i].sets);
+    }
+    let net = load_network(NetworkConfig::new(kind).init::<B>(device), kind, ctx.pretrained_weights()?)?.0;
+    let normalize = kind.normalize();
+    let bar = engine::progress_bar(ctx.progress, 2 * (ds.train.len() + ds.test.len()) as u64, &format!("{} views", ds.name));
+    let train_views = |i: usize| (0..d.train_views).map(|v| train_view(t.seed, i, v, d.side, d.crop)).collect::<Vec<_>>();
+    // Photos draw other windows than their sketches.
+    let photo_views = |i: usize| (0..d.train_views).map(|v| train_view(t.seed.wrapping_add(1), i, v, d.side, d.crop)).collect::<Vec<_>>();
+    let test_views = |_: usize| ten_view_offsets(d.side, d.crop).to_vec();
+    let stage = Some(conv5_stage(kind));
+    let one = |paths: &[PathBuf], views: &(dyn Fn(usize) -> Vec<crate::views::View> + Sync)| {
+        compute(&net, stage, paths, views, d.side, d.crop, normalize, device, &bar)
+    };
+    let sets = [
+        one(&ds.train.sketches, &train_views)?,
+        one(&ds.train.photos, &photo_views)?,
+        one(&ds.test.sketches, &test_views)?,
+        one(&ds.test.photos, &test_views)?,
+    ];
+    bar.finish_and_clear();
+    shared.push(SharedViews { key, sets });
+    Ok(&shared.last().expect("just pushed").sets)
+}
+
+/// The features a method reads: the pooled trunk features or the conv5 maps.
+fn features(v: &Views, method: Method) -> &ViewFeatures {
+    match (method.reads_maps(), &v.maps) {
+        (true, Some((m, _))) => m,
+        _ => &v.pooled,
+    }
 }
 
 /// Trains and evaluates one recipe; `None` when stopped early (`RunContext::stop_after_epochs`).
-pub fn run_recipe<B: AutodiffBackend>(recipe: &SbirRecipe, ctx: &RunContext, device: &B::Device) -> Result<Option<ResultRecord>, TrainError> {
+/// `shared` keeps the views of each set for the next recipes of the process.
+pub fn run_recipe<B: AutodiffBackend>(
+    recipe: &SbirRecipe,
+    ctx: &RunContext,
+    shared: &mut Vec<SharedViews>,
+    device: &B::Device,
+) -> Result<Option<ResultRecord>, TrainError> {
     let started = Instant::now();
     let run_dir = &ctx.run_dir;
     let opened = engine::open_run_dir(run_dir, ctx.resume, &recipe.to_toml())?;
@@ -155,28 +270,21 @@ pub fn run_recipe<B: AutodiffBackend>(recipe: &SbirRecipe, ctx: &RunContext, dev
     let root = r.root(ctx.data_root.as_deref())?;
     let ds = read_qmul(&root)?;
     engine::check_run_data(run_dir, ctx.resume, &engine::RunData::new(&root, &ds.train.stems))?;
-    let kind = r.model.backbone;
-    let net = load_network(NetworkConfig::new(kind).init::<B::InnerBackend>(device), kind, ctx.pretrained_weights()?)?.0;
+    let (kind, method_kind) = (r.model.backbone, r.method.name);
     let (d, t) = (&r.data, &r.train);
-    let normalize = kind.normalize();
-    let total = 2 * (ds.train.len() + ds.test.len());
-    let bar = engine::progress_bar(ctx.progress, total as u64, &format!("{} views", ds.name));
-    let train_views = |i: usize| (0..d.train_views).map(|v| train_view(t.seed, i, v, d.side, d.crop)).collect::<Vec<_>>();
-    // Photos draw other windows than their sketches.
-    let photo_views = |i: usize| (0..d.train_views).map(|v| train_view(t.seed.wrapping_add(1), i, v, d.side, d.crop)).collect::<Vec<_>>();
-    let test_views = |_: usize| ten_view_offsets(d.side, d.crop).to_vec();
-    let (tr_sk, tr_ph) = paths(&ds.train);
-    let (te_sk, te_ph) = paths(&ds.test);
-    let train_sk = compute(&net, &tr_sk, &train_views, d.side, d.crop, normalize, device, &bar)?;
-    let train_ph = compute(&net, &tr_ph, &photo_views, d.side, d.crop, normalize, device, &bar)?;
-    let test_sk = compute(&net, &te_sk, &test_views, d.side, d.crop, normalize, device, &bar)?;
-    let test_ph = compute(&net, &te_ph, &test_views, d.side, d.crop, normalize, device, &bar)?;
-    bar.finish_and_clear();
+    let [train_sk, train_ph, test_sk, test_ph] = views_of::<B::InnerBackend>(r, &ds, &root, ctx, shared, device)?;
+    let map_shape = train_sk.maps.as_ref().map(|m| m.1).unwrap_or([0; 3]);
 
     let sampler = TripletSampler::new(&ds.train.triplets, t.hard_ratio).map_err(|message| TrainError::Recipe { path: root.clone(), message })?;
     B::seed(device, t.seed);
-    let method = TripletMethod { head: TripletHeadConfig::new(train_sk.dim).init::<B>(device), margin: t.margin };
-    let source = TripletSource { sampler, sketches: &train_sk, photos: &train_ph, anchors: (0..ds.train.len()).collect(), seed: t.seed };
+    let method = TripletMethod { model: SbirModel::<B>::new(method_kind, t.loss, train_sk.pooled.dim, map_shape, device), margin: t.margin };
+    let source = TripletSource {
+        sampler,
+        sketches: features(train_sk, method_kind),
+        photos: features(train_ph, method_kind),
+        anchors: (0..ds.train.len()).collect(),
+        seed: t.seed,
+    };
     let spec = EngineSpec {
         epochs: t.epochs,
         lr: t.lr,
@@ -186,31 +294,42 @@ pub fn run_recipe<B: AutodiffBackend>(recipe: &SbirRecipe, ctx: &RunContext, dev
         seed: t.seed,
         sampler: Sampler::Shuffled { batch_size: t.batch_size },
     };
-    let label = format!("{} {}", r.method.name.display_name(), ds.name);
+    let label = format!("{} {}", r.report.method, ds.name);
     let (method, epochs) = match engine::train(&spec, &ctx.io(&label), method, &source, None, device)? {
         Trained::Finished { method, epochs, .. } => (method, epochs),
         Trained::Stopped { .. } => return Ok(None),
     };
-    let head = method.valid().head;
+    let model = method.valid().model;
     let n = ds.test.len();
-    let (sk, ph) = (embed_all(&head, &test_sk, device), embed_all(&head, &test_ph, device));
-    let dim = sk.len() / (n * 10).max(1);
+    let sk = embed_all(&model, features(test_sk, method_kind), device);
+    let ph = embed_all(&model, features(test_ph, method_kind), device);
+    let w = model.energy();
+    let ten_views = view_energies(&sk, &ph, n, 10, &(0..10).collect::<Vec<_>>(), w.as_ref());
+    let one_view = view_energies(&sk, &ph, n, 10, &[CENTRE], w.as_ref());
     let truth: Vec<usize> = (0..n).collect();
-    let ten = acc_at_k(&view_distances(&sk, &ph, n, 10, &(0..10).collect::<Vec<_>>(), dim), n, &truth, &KS);
-    let one = acc_at_k(&view_distances(&sk, &ph, n, 10, &[CENTRE], dim), n, &truth, &KS);
+    let ks: Vec<usize> = (1..=MAX_K).collect();
+    let ten = acc_at_k(&ten_views, n, &truth, &ks);
+    let one = acc_at_k(&one_view, n, &truth, &ks);
     let mut metrics = std::collections::BTreeMap::new();
-    for (k, (a10, a1)) in KS.iter().zip(ten.iter().zip(&one)) {
+    for (k, (a10, a1)) in ks.iter().zip(ten.iter().zip(&one)) {
         metrics.insert(format!("acc@{k}"), *a10);
         metrics.insert(format!("acc@{k}_1view"), *a1);
         metrics.insert(format!("chance@{k}"), 100.0 * (*k).min(n) as f64 / n.max(1) as f64);
     }
+    metrics.insert("triplets_correct".into(), triplets_correct(&ten_views, n, &ds.test.triplets));
+    metrics.insert("triplets_correct_1view".into(), triplets_correct(&one_view, n, &ds.test.triplets));
+    metrics.insert("test_triplets".into(), ds.test.triplets.iter().map(Vec::len).sum::<usize>() as f64);
     metrics.insert("test_sketches".into(), n as f64);
     if let Some(last) = epochs.last() {
         metrics.insert("train_triplets_right".into(), last.train_top1);
     }
-    let mut deviations = r.method.name.deviations();
+    let mut deviations = method_kind.deviations();
     deviations.extend(r.report.deviations.iter().cloned());
     deviations.push(format!("{} normalisation of the trunk instead of the authors' mean subtraction (250.42)", kind.display_name()));
+    let mut trained_layers = format!("{} (trunk frozen)", method_kind.trained_layers());
+    if t.loss == Loss::Holef {
+        trained_layers = format!("{}, HOLEF W (trunk frozen)", method_kind.trained_layers());
+    }
     let record = ResultRecord {
         table: r.report.table.clone(),
         method: r.report.method.clone(),
@@ -224,16 +343,17 @@ pub fn run_recipe<B: AutodiffBackend>(recipe: &SbirRecipe, ctx: &RunContext, dev
         protocol: Protocol {
             split: "the set's train / test pairs (QMUL V1 release)".into(),
             train_transform: format!("{} random {c}x{c} windows of the {s}x{s} image, random flip, cached", d.train_views, c = d.crop, s = d.side),
-            eval_transform: format!("ten {c}x{c} views (4 corners and centre, each mirrored), distances summed", c = d.crop),
+            eval_transform: format!("ten {c}x{c} views (4 corners and centre, each mirrored), energies summed", c = d.crop),
             tta: "ten views".into(),
             checkpoint: "last epoch".into(),
             seeds: vec![t.seed],
             epochs: t.epochs,
             batch_size: t.batch_size,
             optimizer: format!("SGD lr {} momentum {} weight decay {}, constant", t.lr, t.momentum, t.weight_decay),
-            trained_layers: "fc6, fc7 (trunk frozen)".into(),
+            trained_layers,
             mode: FeatureMode::Frozen,
             trained_from_stage: None,
+            loss: Some(format!("{}, margin {}", t.loss.describe(), t.margin)),
         },
         seed: t.seed,
         metrics,
@@ -243,18 +363,69 @@ pub fn run_recipe<B: AutodiffBackend>(recipe: &SbirRecipe, ctx: &RunContext, dev
     Ok(Some(record))
 }
 
+/// A finished run's trunk and trained layers, for embedding new sketches and photos: the
+/// run's `recipe.toml` and newest checkpoint, and the trunk's ImageNet `weights`.
+pub fn trained_model<B: Backend>(
+    run_dir: &std::path::Path,
+    weights: &std::path::Path,
+    device: &B::Device,
+) -> Result<(SbirRecipe, fgia_nn::Network<B>, SbirModel<B>), TrainError> {
+    let path = run_dir.join("recipe.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let r = SbirRecipe::parse(&text).map_err(|message| TrainError::Recipe { path: path.clone(), message })?;
+    let kind = r.model.backbone;
+    let net = load_network(NetworkConfig::new(kind).init::<B>(device), kind, weights)?.0;
+    // The shapes the layers were built with: one blank view through the trunk.
+    let c = r.data.crop as usize;
+    let map = (0..=conv5_stage(kind)).fold(Tensor::<B, 4>::zeros([1, 3, c, c], device), |x, i| net.forward_stage(i, x));
+    let [_, mc, mh, mw] = map.dims();
+    let pooled = fgia_nn::ops::global_avg_pool(net.forward_stages_from(conv5_stage(kind) + 1, map)).dims()[1];
+    let fresh = TripletMethod { model: SbirModel::<B>::new(r.method.name, r.train.loss, pooled, [mc, mh, mw], device), margin: r.train.margin };
+    let (method, _) = engine::load_checkpoint_module(fresh, run_dir, device)?;
+    Ok((r, net, method.model))
+}
+
+/// The ten-view embeddings of images (sketches or photos) by a trained run: `[images * 10, e]`,
+/// row-major, image-major.
+pub fn embed_ten_views<B: Backend>(
+    r: &SbirRecipe,
+    net: &fgia_nn::Network<B>,
+    model: &SbirModel<B>,
+    paths: &[PathBuf],
+    device: &B::Device,
+    progress: bool,
+) -> Result<Vec<f32>, TrainError> {
+    let (d, kind) = (&r.data, r.model.backbone);
+    let bar = engine::progress_bar(progress, paths.len() as u64, "views");
+    let test_views = |_: usize| ten_view_offsets(d.side, d.crop).to_vec();
+    let views = compute(net, Some(conv5_stage(kind)), paths, &test_views, d.side, d.crop, kind.normalize(), device, &bar)?;
+    bar.finish_and_clear();
+    embed_all(model, features(&views, r.method.name), device)
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| TrainError::Checkpoint { path: PathBuf::from("embeddings"), message: format!("{e:?}") })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::backend::Flex;
 
     #[test]
-    fn distances_sum_the_matching_views() {
-        // 2 sketches and 2 photos, 2 views each, dim 1.
-        let sk = [0.0, 1.0, 2.0, 2.0];
-        let ph = [0.0, 0.0, 1.0, 3.0];
-        let d = view_distances(&sk, &ph, 2, 2, &[0, 1], 1);
+    fn energies_sum_the_matching_views_and_percent_correct_counts_ordered_triplets() {
+        let t = |v: &[f32]| Tensor::<Flex, 2>::from_data(TensorData::new(v.to_vec(), [4, 1]), &Default::default());
+        // 2 sketches and 2 photos, 2 views each, dim 1, rows image-major.
+        let (sk, ph) = (t(&[0.0, 1.0, 2.0, 2.0]), t(&[0.0, 0.0, 1.0, 3.0]));
         // Sketch 0 views (0, 1) against photo 0 (0, 0): 0 + 1; photo 1 (1, 3): 1 + 4.
-        assert_eq!(d, [1.0, 5.0, 8.0, 2.0]);
-        assert_eq!(view_distances(&sk, &ph, 2, 2, &[1], 1), [1.0, 4.0, 4.0, 1.0]);
+        assert_eq!(view_energies(&sk, &ph, 2, 2, &[0, 1], None), [1.0, 5.0, 8.0, 2.0]);
+        assert_eq!(view_energies(&sk, &ph, 2, 2, &[1], None), [1.0, 4.0, 4.0, 1.0]);
+        // W = 2 I doubles every energy.
+        let w = Tensor::<Flex, 2>::from_data(TensorData::new(vec![2.0f32], [1, 1]), &Default::default());
+        assert_eq!(view_energies(&sk, &ph, 2, 2, &[0, 1], Some(&w)), [2.0, 10.0, 16.0, 4.0]);
+        // %corr: sketch 0 orders (0, 1) right and (1, 0) wrong; sketch 1 orders (1, 0) right; a
+        // tie is wrong.
+        let d = [1.0, 5.0, 8.0, 2.0];
+        assert_eq!(triplets_correct(&d, 2, &[vec![[0, 1], [1, 0]], vec![[1, 0]]]), 100.0 * 2.0 / 3.0);
+        assert_eq!(triplets_correct(&[1.0, 1.0, 0.0, 0.0], 2, &[vec![[0, 1]], vec![]]), 0.0);
     }
 }

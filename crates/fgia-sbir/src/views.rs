@@ -1,4 +1,9 @@
-//! The views of sketches and photos through the frozen trunk, computed once per run.
+//! The views of sketches and photos through the frozen trunk, computed once per set and shared
+//! by every recipe of one process that reads the same views ([`SharedViews`]).
+//!
+//! Each view yields two features: the trunk's pooled last map (what triplet Sketch-a-Net's
+//! `fc6` reads) and, when a method asks for it, the "conv5" map [`conv5_stage`] (what DSSA's
+//! attention reads).
 //!
 //! A view is a `crop x crop` window of the image (stored at `side x side`; other sizes are
 //! resized first), optionally mirrored, normalised as the trunk expects. Grey images are
@@ -11,7 +16,8 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use fgia_core::imaging::{Normalize, load_rgb, normalized_chw};
 use fgia_core::rng::SplitMix64;
-use fgia_nn::Network;
+use fgia_nn::ops::global_avg_pool;
+use fgia_nn::{BackboneKind, Network};
 use fgia_train::TrainError;
 use image::RgbImage;
 use rayon::prelude::*;
@@ -19,7 +25,18 @@ use rayon::prelude::*;
 /// A view: the window's top-left corner and whether it is mirrored.
 pub type View = (u32, u32, bool);
 
-/// Trunk features of every view of every image: `[images, views, dim]`.
+/// The trunk stage whose output stands in for Sketch-a-Net's `conv5` (256 channels at 7 x 7 for
+/// a 225 crop): EfficientNet-Lite0's last block stage (320 channels, 8 x 8), before its 1 x 1
+/// head convolution to 1280; the last stage of the others (ResNet `layer4`, VGG-16 `pool5`).
+pub fn conv5_stage(kind: BackboneKind) -> usize {
+    match kind {
+        BackboneKind::EfficientNetLite0 => fgia_nn::efficientnet::STAGES - 2,
+        BackboneKind::ResNet18 | BackboneKind::ResNet50 | BackboneKind::ResNet101 | BackboneKind::Vgg16 => kind.num_stages() - 1,
+    }
+}
+
+/// Features of every view of every image: `[images, views, dim]`, where a map `[C, h, w]` is
+/// flattened to `dim = C * h * w`.
 #[derive(Debug, Clone)]
 pub struct ViewFeatures {
     /// Feature size.
@@ -28,6 +45,26 @@ pub struct ViewFeatures {
     pub views: usize,
     /// Row-major `[images, views, dim]`.
     pub data: Vec<f32>,
+}
+
+/// What one pass of the trunk over a list of images gives: the pooled features and, when asked,
+/// the conv5 maps.
+#[derive(Debug, Clone)]
+pub struct Views {
+    /// Pooled last map, `[images, views, C_last]`.
+    pub pooled: ViewFeatures,
+    /// Conv5 maps, `[images, views, C * h * w]`, with their shape `[C, h, w]`.
+    pub maps: Option<(ViewFeatures, [usize; 3])>,
+}
+
+/// The four view sets of one QMUL set (train / test, sketches / photos), kept for the recipes
+/// of one process that share `key`.
+#[derive(Debug)]
+pub struct SharedViews {
+    /// Trunk, set, view geometry, views and seed.
+    pub key: String,
+    /// Training sketches, training photos, test sketches, test photos.
+    pub sets: [Views; 4],
 }
 
 impl ViewFeatures {
@@ -72,11 +109,12 @@ pub fn view_pixels(img: &RgbImage, side: u32, crop: u32, view: View, normalize: 
     normalized_chw(&window, normalize).0
 }
 
-/// Features of `views(i)` of each image `paths[i]` through `net` (pooled last map), in batches
-/// of `batch` views.
+/// Features of `views(i)` of each image `paths[i]` through `net`: the pooled last map, and the
+/// output of stage `map_stage` when given, in batches of about 32 views.
 #[allow(clippy::too_many_arguments)]
 pub fn compute<B: Backend>(
     net: &Network<B>,
+    map_stage: Option<usize>,
     paths: &[PathBuf],
     views: &(dyn Fn(usize) -> Vec<View> + Sync),
     side: u32,
@@ -84,12 +122,14 @@ pub fn compute<B: Backend>(
     normalize: Normalize,
     device: &B::Device,
     bar: &indicatif::ProgressBar,
-) -> Result<ViewFeatures, TrainError> {
+) -> Result<Views, TrainError> {
     let per = views(0).len();
     let images_per_batch = (32 / per.max(1)).max(1);
     let c = crop as usize;
-    let mut data = Vec::new();
-    let mut dim = 0;
+    let (mut data, mut map_data) = (Vec::new(), Vec::new());
+    let (mut dim, mut map_shape) = (0, [0; 3]);
+    let host =
+        |t: Tensor<B, 2>, at: usize| t.into_data().to_vec::<f32>().map_err(|e| TrainError::Checkpoint { path: paths[at].clone(), message: format!("{e:?}") });
     for chunk in (0..paths.len()).collect::<Vec<_>>().chunks(images_per_batch) {
         let pixels: Vec<Vec<f32>> = chunk
             .par_iter()
@@ -102,12 +142,23 @@ pub fn compute<B: Backend>(
         let n = chunk.len() * per;
         let flat: Vec<f32> = pixels.concat();
         let x = Tensor::<B, 4>::from_data(TensorData::new(flat, [n, 3, c, c]), device);
-        let f = net.embed(x);
+        let last = match map_stage {
+            Some(k) => {
+                let map = (0..=k).fold(x, |x, i| net.forward_stage(i, x));
+                let [_, mc, mh, mw] = map.dims();
+                map_shape = [mc, mh, mw];
+                map_data.extend(host(map.clone().reshape([n, mc * mh * mw]), chunk[0])?);
+                net.forward_stages_from(k + 1, map)
+            }
+            None => net.features(x),
+        };
+        let f = global_avg_pool(last);
         dim = f.dims()[1];
-        data.extend(f.into_data().to_vec::<f32>().map_err(|e| TrainError::Checkpoint { path: paths[chunk[0]].clone(), message: format!("{e:?}") })?);
+        data.extend(host(f, chunk[0])?);
         bar.inc(chunk.len() as u64);
     }
-    Ok(ViewFeatures { dim, views: per, data })
+    let maps = map_stage.map(|_| (ViewFeatures { dim: map_shape.iter().product(), views: per, data: map_data }, map_shape));
+    Ok(Views { pooled: ViewFeatures { dim, views: per, data }, maps })
 }
 
 #[cfg(test)]

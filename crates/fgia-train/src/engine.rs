@@ -37,8 +37,8 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use fgia_core::record::{EpochMetrics, read_metrics, sync_dir, write_atomic};
-use fgia_core::runlock::RunLock;
 use fgia_core::rng::SplitMix64;
+use fgia_core::runlock::RunLock;
 use fgia_core::sampler::pk_batches;
 use serde::{Deserialize, Serialize};
 
@@ -583,7 +583,8 @@ fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
     let ck = |e: burn::record::RecorderError| TrainError::Checkpoint { path: tmp.clone(), message: e.to_string() };
     let model = Recorder::<B>::record(&recorder(), method.clone().into_record(), ()).map_err(ck)?;
     let optim = optim.to_bytes().map_err(ck)?;
-    let mut state = serde_json::to_vec_pretty(&CheckpointState { epoch, wall_time_s: wall }).map_err(|e| TrainError::Checkpoint { path: tmp.clone(), message: e.to_string() })?;
+    let mut state = serde_json::to_vec_pretty(&CheckpointState { epoch, wall_time_s: wall })
+        .map_err(|e| TrainError::Checkpoint { path: tmp.clone(), message: e.to_string() })?;
     state.push(b'\n');
     // `state.json` last: a folder is a checkpoint only with it (see `latest_checkpoint`).
     let files: [(&str, &[u8]); 3] = [("model.mpk", &model), ("optim.mpk", &optim), ("state.json", &state)];

@@ -53,6 +53,14 @@ pub enum TrainError {
         /// What went wrong.
         message: String,
     },
+    /// A file a run wrote for later use (an index of embeddings) is not what it claims to be.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl TrainError {

@@ -16,7 +16,9 @@ use fgia_core::record::{FeatureMode, Protocol, RECORD_SCHEMA, ResultRecord, now_
 use fgia_nn::weights::load_network;
 use fgia_nn::{Network, NetworkConfig};
 
-use crate::engine::{self, EngineSpec, OptimizerSpec, ParamGroup, RunData, RunIo, Sampler, StepLoss, TrainMethod, check_run_data, load_checkpoint_module, open_run_dir};
+use crate::engine::{
+    self, EngineSpec, OptimizerSpec, ParamGroup, RunData, RunIo, Sampler, StepLoss, TrainMethod, check_run_data, load_checkpoint_module, open_run_dir,
+};
 use crate::error::TrainError;
 use crate::eval::{EvalOutput, TailClassifier, evaluate, evaluate_maps};
 use crate::frozen_cache::FrozenCache;
@@ -362,6 +364,7 @@ fn result_record(recipe: &Recipe, dataset: &Dataset, eval: &EvalOutput, ctx: &Ru
             trained_layers: trained,
             mode: if recipe.model.freeze_stages == 0 { FeatureMode::EndToEnd } else { FeatureMode::Partial },
             trained_from_stage: (recipe.model.freeze_stages > 0).then_some(recipe.model.freeze_stages),
+            loss: None,
         },
         seed: t.seed,
         metrics,

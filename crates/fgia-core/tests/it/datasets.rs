@@ -371,10 +371,14 @@ fn qmul_damaged_copies_are_errors_naming_file_and_index() {
     type Damage = fn(&Path);
     let cases: [(&str, Damage, &str); 5] = [
         ("missing photo", |r| std::fs::remove_file(r.join("trainB/2.png")).expect("rm"), "trainB/2.png"),
-        ("index out of range", |r| {
-            let t = std::fs::read_to_string(r.join("toys_annotation.json")).expect("read").replace("[[0, 2]], [[0, 1]]]", "[[0, 2]], [[0, 7]]]");
-            std::fs::write(r.join("toys_annotation.json"), t).expect("write")
-        }, "triplets[2][0] = [0, 7]"),
+        (
+            "index out of range",
+            |r| {
+                let t = std::fs::read_to_string(r.join("toys_annotation.json")).expect("read").replace("[[0, 2]], [[0, 1]]]", "[[0, 2]], [[0, 7]]]");
+                std::fs::write(r.join("toys_annotation.json"), t).expect("write")
+            },
+            "triplets[2][0] = [0, 7]",
+        ),
         ("stem order", |r| std::fs::write(r.join("test.txt"), "5\n4\n").expect("write"), "sketches[0] is '4.png', but row 1 of test.txt is '5'"),
         ("escaping stem", |r| std::fs::write(r.join("train.txt"), "1\n../2\n3\n").expect("write"), "train.txt:2"),
         ("broken json", |r| std::fs::write(r.join("toys_annotation.json"), "{\"train\": [").expect("write"), "toys_annotation.json"),

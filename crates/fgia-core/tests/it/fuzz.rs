@@ -44,14 +44,22 @@ fn fuzz_lists(prefix: &str, files: &[(&str, Vec<u8>)], seed: u64, read: impl Fn(
     let dir = tempfile::tempdir().expect("tempdir");
     let crashes = fuzz::crash_dir(env!("CARGO_MANIFEST_DIR"));
     for (k, (name, bytes)) in files.iter().enumerate() {
-        let r = fuzz::run(&format!("{prefix}-{}", name.replace('/', "-")), std::slice::from_ref(bytes), fuzz::budget(20_000) / 40, seed + k as u64, true, &crashes, |b| {
-            write_all(dir.path(), files);
-            std::fs::write(dir.path().join(name), b).expect("write");
-            for options in [ReadOptions { skip_bad: false }, ReadOptions { skip_bad: true }] {
-                read(dir.path(), options)?;
-            }
-            Ok::<(), fgia_core::DataError>(())
-        });
+        let r = fuzz::run(
+            &format!("{prefix}-{}", name.replace('/', "-")),
+            std::slice::from_ref(bytes),
+            fuzz::budget(20_000) / 40,
+            seed + k as u64,
+            true,
+            &crashes,
+            |b| {
+                write_all(dir.path(), files);
+                std::fs::write(dir.path().join(name), b).expect("write");
+                for options in [ReadOptions { skip_bad: false }, ReadOptions { skip_bad: true }] {
+                    read(dir.path(), options)?;
+                }
+                Ok::<(), fgia_core::DataError>(())
+            },
+        );
         assert_clean(&r);
         assert!(r.executions > 0);
     }

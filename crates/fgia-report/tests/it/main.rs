@@ -30,6 +30,7 @@ fn record(run_dir: &Path, res: u32, paper: u32, seed: u64, top1: f64) -> ResultR
             trained_layers: "head".into(),
             mode: fgia_core::record::FeatureMode::Frozen,
             trained_from_stage: None,
+            loss: None,
         },
         seed,
         metrics: BTreeMap::from([("top1".to_string(), top1)]),
@@ -182,7 +183,8 @@ fn hostile_table_names_and_file_names_stay_escaped_and_inside_the_output() {
     fgia_report::render(&results, &reference, &out).expect("renders");
     // Nothing was written outside `reports/`.
     assert!(!dir.path().join("escaped").exists() && !dir.path().join("deep/escaped").exists());
-    let mut outside: Vec<String> = std::fs::read_dir(dir.path().join("deep")).expect("ls").map(|e| e.expect("e").file_name().to_string_lossy().into_owned()).collect();
+    let mut outside: Vec<String> =
+        std::fs::read_dir(dir.path().join("deep")).expect("ls").map(|e| e.expect("e").file_name().to_string_lossy().into_owned()).collect();
     outside.sort();
     assert_eq!(outside, ["reports"]);
     for e in std::fs::read_dir(&out).expect("ls") {
@@ -193,4 +195,44 @@ fn hostile_table_names_and_file_names_stay_escaped_and_inside_the_output() {
     }
     let index = std::fs::read_to_string(out.join("index.html")).expect("index");
     assert!(index.contains("&lt;script&gt;"), "the table name is shown, escaped");
+}
+
+#[test]
+fn table6_page_keeps_survey_and_released_rows_apart_and_draws_acc_at_k() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let results = dir.path().join("results");
+    let run = results.join("runs/table6/a");
+    std::fs::create_dir_all(&run).expect("mkdir");
+    let mk = |method: &str, loss: &str, seed: u64, acc1: f64| {
+        let mut r = record(&run, 225, 225, seed, 0.0);
+        r.table = "table6".into();
+        r.method = method.into();
+        r.dataset = "QMUL-Shoe".into();
+        r.data = "qmul-shoes-v1 (304 train / 115 test pairs)".into();
+        r.metrics = (1..=20).map(|k| (format!("acc@{k}"), (acc1 + 3.0 * (k - 1) as f64).min(100.0))).collect();
+        r.metrics.extend([("chance@1".to_string(), 100.0 / 115.0), ("triplets_correct".to_string(), 66.0), ("acc@1_1view".to_string(), acc1 - 4.0)]);
+        r.protocol.loss = Some(loss.into());
+        r
+    };
+    mk("Triplet Sketch-a-Net", "triplet loss on squared Euclidean distances", 0, 25.0).write(&results.join("table6/a.json")).expect("write");
+    mk("Triplet Sketch-a-Net", "triplet loss on squared Euclidean distances", 1, 27.0).write(&results.join("table6/b.json")).expect("write");
+    mk("DSSA (HOLEF)", "triplet loss on HOLEF", 0, 38.0).write(&results.join("table6/c.json")).expect("write");
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/reference/survey-results.csv");
+    let out = dir.path().join("reports");
+    fgia_report::render(&results, &reference, &out).expect("renders");
+    let t6 = std::fs::read_to_string(out.join("table6.html")).expect("table6.html");
+    // The survey's row (39.1) and the released model on the cleaned data (52.17), apart.
+    assert!(t6.contains("39.10") && t6.contains("52.17") && t6.contains("released model, cleaned re-release"), "{t6}");
+    // Ours over two seeds: 26.0 ± 1.4; Δ against the released model: 26.0 − 52.17 = −26.2.
+    assert!(t6.contains("<b>26.0</b> ± 1.4") && t6.contains("-26.2<br><span class=\"muted\">vs released model"), "{t6}");
+    // DSSA has no released model: Δ against the survey's ICCV 2017 row (61.7), not BMVC 2016.
+    assert!(t6.contains("-23.7<br><span class=\"muted\">vs survey"), "{t6}");
+    assert!(t6.contains("triplet loss on HOLEF"), "the loss of each row");
+    // One chart per set we ran, and sets we did not run listed with the survey's rows only.
+    assert!(out.join("table6-acck-0.svg").is_file());
+    let svg = std::fs::read_to_string(out.join("table6-acck-0.svg")).expect("svg");
+    assert!(svg.contains("DSSA (HOLEF) (ours)") && svg.contains("chance"), "legend");
+    assert!(t6.contains("QMUL-Handbag") && t6.contains("not run on this set"));
+    let index = std::fs::read_to_string(out.join("index.html")).expect("index");
+    assert!(index.contains("table6.html") && index.contains("3 runs"));
 }

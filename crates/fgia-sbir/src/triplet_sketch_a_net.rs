@@ -3,7 +3,8 @@
 //! edge maps (the branches share their weights in the paper's shoe and chair models).
 //!
 //! The loss (eq. 1) is the triplet ranking loss on squared Euclidean distances,
-//! `max(0, Δ + D(s, p⁺)² − D(s, p⁻)²)` with margin `Δ` (0.3 in the authors' release).
+//! `max(0, Δ + D(s, p⁺)² − D(s, p⁻)²)` with margin `Δ` (0.3 in the authors' release), in
+//! `loss.rs`, shared with DSSA (`dssa.rs`).
 //!
 //! Deviations (also in every record, `Method::deviations`): the trunk is an ImageNet network,
 //! frozen, standing in for Sketch-a-Net's staged pretraining, which is not available; its pooled
@@ -52,39 +53,10 @@ impl<B: Backend> TripletHead<B> {
     }
 }
 
-/// Squared Euclidean distances of matching rows: `[n, d]`, `[n, d]` → `[n]`.
-pub fn row_sq_dist<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 1> {
-    let n = a.dims()[0];
-    (a - b).powi_scalar(2).sum_dim(1).reshape([n])
-}
-
-/// The triplet ranking loss, mean over the batch, and how many triplets already rank the
-/// positive closer.
-pub fn triplet_loss<B: Backend>(anchor: Tensor<B, 2>, pos: Tensor<B, 2>, neg: Tensor<B, 2>, margin: f64) -> (Tensor<B, 1>, Tensor<B, 1>) {
-    let dp = row_sq_dist(anchor.clone(), pos);
-    let dn = row_sq_dist(anchor, neg);
-    let diff = dp - dn;
-    (diff.clone().add_scalar(margin).clamp_min(0.0).mean(), diff)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::backend::Flex;
-
-    #[test]
-    fn the_triplet_loss_is_the_hinge_on_squared_distances() {
-        let device = Default::default();
-        let t = |v: &[f32]| Tensor::<Flex, 2>::from_data(TensorData::new(v.to_vec(), [2, 2]), &device);
-        // Row 0: D(a,p)² = 1, D(a,n)² = 4: 0.3 + 1 − 4 < 0 → 0. Row 1: 4 and 1 → 0.3 + 3 = 3.3.
-        let a = t(&[0.0, 0.0, 0.0, 0.0]);
-        let p = t(&[1.0, 0.0, 2.0, 0.0]);
-        let n = t(&[0.0, 2.0, 0.0, 1.0]);
-        let (loss, diff) = triplet_loss(a, p, n, 0.3);
-        let l: f32 = loss.into_scalar();
-        assert!((l - 3.3 / 2.0).abs() < 1e-6, "{l}");
-        assert_eq!(diff.into_data().to_vec::<f32>().expect("f32"), [-3.0, 3.0]);
-    }
 
     #[test]
     fn embeddings_have_unit_length() {
