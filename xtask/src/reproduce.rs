@@ -273,13 +273,17 @@ pub fn run_recipes(ws: &Path, fgia: &Path, device: &str, command: &str, runs: &P
     Ok(())
 }
 
-/// The recipe of one Table 6 run from a recipe file: the seed, and for the smoke profile the
+/// The recipe of one Table 6 run from a recipe file: the seed; for the full profile the whole
+/// trunk trains end to end (`model.mode`, recorded by the run); for the smoke profile the
 /// recipe's `[smoke]` changes (`epochs`, `train_views`), each recorded as a deviation naming the
 /// recipe's value. The `[smoke]` table itself never reaches the CLI.
 pub fn table6_setting(template: &toml::Value, profile: Profile, seed: u64) -> Result<toml::Value> {
     let mut r = template.clone();
     let smoke = r.as_table_mut().context("recipe is not a table")?.remove("smoke");
     set(&mut r, "train", "seed", toml::Value::Integer(seed as i64))?;
+    if profile == Profile::Full {
+        set(&mut r, "model", "mode", toml::Value::String("end-to-end".into()))?;
+    }
     let mut deviations: Vec<toml::Value> = Vec::new();
     if profile == Profile::Smoke
         && let Some(smoke) = smoke.as_ref().and_then(toml::Value::as_table)
@@ -407,13 +411,15 @@ mod tests {
                 }
             }
             assert_eq!(full["train"]["epochs"], template["train"]["epochs"], "{name}: full keeps the recipe");
+            assert_eq!(full["model"]["mode"].as_str(), Some("end-to-end"), "{name}: full trains the trunk");
+            assert!(smoke["model"].get("mode").is_none_or(|m| m.as_str() == Some("frozen")), "{name}: smoke keeps it frozen");
             if let Some(e) = template.get("smoke").and_then(|s| s.get("epochs")) {
                 assert_eq!(&smoke["train"]["epochs"], e);
                 let devs = smoke["report"]["deviations"].as_array().expect("deviations");
                 assert!(devs.iter().any(|d| d.as_str().is_some_and(|d| d.contains("train.epochs") && d.contains("CPU budget"))), "{name}: {devs:?}");
             }
         }
-        let mut bad: toml::Value = toml::from_str("[train]\nseed = 0\n[smoke]\nlr = 1.0\n").expect("toml");
+        let mut bad: toml::Value = toml::from_str("[model]\n[train]\nseed = 0\n[smoke]\nlr = 1.0\n").expect("toml");
         assert!(table6_setting(&bad, Profile::Smoke, 0).is_err());
         bad.as_table_mut().expect("table").remove("smoke");
         assert!(table6_setting(&bad, Profile::Smoke, 0).is_ok());

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use fgia_core::record::FeatureMode;
 use fgia_nn::BackboneKind;
 use fgia_train::TrainError;
 use fgia_train::recipe::ReportSection;
@@ -47,12 +48,24 @@ pub struct MethodSection {
     pub name: Method,
 }
 
-/// The frozen trunk.
+/// The trunk and how it trains.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SbirModel {
     /// ImageNet-pretrained trunk standing in for Sketch-a-Net.
     pub backbone: BackboneKind,
+    /// `frozen` (the default: cached views, the method's layers train) or `end-to-end` (fresh
+    /// random views of the pixels every epoch through the whole trunk, which fine-tunes from
+    /// its ImageNet weights).
+    #[serde(default)]
+    pub mode: FeatureMode,
+    /// End to end: the trunk's learning rate as a multiple of `train.lr`.
+    #[serde(default = "d_lr_mult")]
+    pub backbone_lr_mult: f64,
+}
+
+fn d_lr_mult() -> f64 {
+    0.1
 }
 
 /// The set and its views.
@@ -140,6 +153,12 @@ impl SbirRecipe {
             if !(v.is_finite() && v > 0.0) {
                 return Err(format!("train: {name} must be positive and finite, not {v}"));
             }
+        }
+        if !matches!(self.model.mode, FeatureMode::Frozen | FeatureMode::EndToEnd) {
+            return Err(format!("model: mode {:?}: Table 6 runs frozen or end-to-end", self.model.mode));
+        }
+        if !(self.model.backbone_lr_mult.is_finite() && self.model.backbone_lr_mult > 0.0 && self.model.backbone_lr_mult <= 10.0) {
+            return Err(format!("model: backbone_lr_mult {} must lie in (0, 10]", self.model.backbone_lr_mult));
         }
         if t.loss == Loss::Holef && self.method.name != Method::Dssa {
             return Err("train: loss = \"holef\" belongs to DSSA (method dssa)".into());

@@ -40,7 +40,8 @@ pub const MAX_K: usize = 20;
 /// The centre view, unmirrored, among the ten.
 const CENTRE: usize = 4;
 
-/// A batch of triplets: anchor sketch, positive and negative photo features, `[n, dim]` each.
+/// A batch of triplets: anchor sketch, positive and negative photo, each `[n, dim]` cached
+/// features, or with `crop` pixels `[n, 3, crop, crop]` (end to end).
 #[derive(Debug)]
 pub struct TripletBatch {
     anchors: Vec<f32>,
@@ -48,6 +49,7 @@ pub struct TripletBatch {
     neg: Vec<f32>,
     n: usize,
     dim: usize,
+    crop: Option<usize>,
 }
 
 impl HostBatch for TripletBatch {
@@ -88,7 +90,54 @@ impl engine::BatchSource for TripletSource<'_> {
             pos.extend_from_slice(self.photos.get(p, rng.below(views) as usize));
             neg.extend_from_slice(self.photos.get(n, rng.below(views) as usize));
         }
-        Ok(TripletBatch { anchors, pos, neg, n: items.len(), dim })
+        Ok(TripletBatch { anchors, pos, neg, n: items.len(), dim, crop: None })
+    }
+}
+
+/// Triplets of pixels, for end-to-end training: the same sampler, and a fresh random window and
+/// flip of each image every epoch, all from `(seed, epoch, anchor)`.
+struct TripletPixelSource<'a> {
+    sampler: TripletSampler,
+    sketches: &'a [PathBuf],
+    photos: &'a [PathBuf],
+    anchors: Vec<usize>,
+    side: u32,
+    crop: u32,
+    normalize: fgia_core::imaging::Normalize,
+    seed: u64,
+}
+
+impl engine::BatchSource for TripletPixelSource<'_> {
+    type Batch = TripletBatch;
+
+    fn labels(&self) -> &[usize] {
+        &self.anchors
+    }
+
+    fn load(&self, epoch: usize, _step: usize, items: &[usize]) -> Result<TripletBatch, TrainError> {
+        use rayon::prelude::*;
+        let m = self.side.saturating_sub(self.crop) as u64 + 1;
+        let triplets: Vec<[Vec<f32>; 3]> = items
+            .par_iter()
+            .map(|&i| {
+                let mut rng = SplitMix64::for_item(self.seed ^ 0x7219_0b3d, epoch as u64, i as u64);
+                let (p, n, _) = self.sampler.sample(i, &mut rng);
+                let mut view = |path: &PathBuf| -> Result<Vec<f32>, TrainError> {
+                    let img = fgia_core::imaging::load_rgb(path)?;
+                    let v = (rng.below(m) as u32, rng.below(m) as u32, rng.coin());
+                    Ok(crate::views::view_pixels(&img, self.side, self.crop, v, self.normalize))
+                };
+                Ok([view(&self.sketches[i])?, view(&self.photos[p])?, view(&self.photos[n])?])
+            })
+            .collect::<Result<_, TrainError>>()?;
+        let c = self.crop as usize;
+        let (mut anchors, mut pos, mut neg) = (Vec::new(), Vec::new(), Vec::new());
+        for [a, p, n] in triplets {
+            anchors.extend(a);
+            pos.extend(p);
+            neg.extend(n);
+        }
+        Ok(TripletBatch { anchors, pos, neg, n: items.len(), dim: 3 * c * c, crop: Some(c) })
     }
 }
 
@@ -139,34 +188,82 @@ impl<B: Backend> SbirModel<B> {
     }
 }
 
-/// The trained layers and the margin, as the engine's method.
+/// The trained layers and the margin, as the engine's method; end to end, the trunk too.
 #[derive(Module, Debug)]
 pub struct TripletMethod<B: Backend> {
-    /// What trains.
+    /// What trains over the trunk.
     pub model: SbirModel<B>,
+    /// The trunk, when it trains (end to end).
+    pub trunk: Option<fgia_nn::Network<B>>,
+    /// The trunk stage the method reads ([`conv5_stage`]).
+    pub conv5: usize,
+    /// Whether the method reads the conv5 map (else the pooled last map).
+    pub reads_maps: bool,
+    /// The trunk's learning-rate multiplier.
+    pub backbone_lr_mult: f64,
     /// Triplet margin.
     pub margin: f64,
 }
 
+/// A prepared batch: cached features `[n, dim]`, or pixels `[n, 3, c, c]`, for anchors,
+/// positives and negatives.
+#[derive(Debug, Clone)]
+pub enum TripletInput<B: Backend> {
+    /// Cached trunk features.
+    Features([Tensor<B, 2>; 3]),
+    /// Pixels for the live trunk.
+    Pixels([Tensor<B, 4>; 3]),
+}
+
+/// What the method reads from the trunk for pixels `[n, 3, c, c]`: the flattened conv5 map, or
+/// the pooled last map.
+fn trunk_features<B: Backend>(net: &fgia_nn::Network<B>, conv5: usize, reads_maps: bool, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    let map = (0..=conv5).fold(x, |x, i| net.forward_stage(i, x));
+    if reads_maps {
+        let [n, c, h, w] = map.dims();
+        map.reshape([n, c * h * w])
+    } else {
+        fgia_nn::ops::global_avg_pool(net.forward_stages_from(conv5 + 1, map))
+    }
+}
+
 impl<B: AutodiffBackend> TrainMethod<B> for TripletMethod<B> {
     type Batch = TripletBatch;
-    type Input = [Tensor<B, 2>; 3];
+    type Input = TripletInput<B>;
 
     fn prepare(&self, b: TripletBatch, device: &B::Device) -> Self::Input {
-        let t = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [b.n, b.dim]), device);
-        [t(b.anchors), t(b.pos), t(b.neg)]
+        match b.crop {
+            None => {
+                let t = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [b.n, b.dim]), device);
+                TripletInput::Features([t(b.anchors), t(b.pos), t(b.neg)])
+            }
+            Some(c) => {
+                let t = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [b.n, 3, c, c]), device);
+                TripletInput::Pixels([t(b.anchors), t(b.pos), t(b.neg)])
+            }
+        }
     }
 
     fn loss(&self, input: &Self::Input, _step: usize) -> StepLoss<B> {
-        let [a, p, n] = input.clone().map(|x| self.model.embed(x));
+        let features = match input.clone() {
+            TripletInput::Features(x) => x,
+            TripletInput::Pixels(x) => {
+                let net = self.trunk.as_ref().expect("pixel batches come with a live trunk");
+                x.map(|x| trunk_features(net, self.conv5, self.reads_maps, x))
+            }
+        };
+        let [a, p, n] = features.map(|x| self.model.embed(x));
         let (loss, diff) = energy_triplet_loss(a, p, n, self.model.energy(), self.margin);
         // A triplet is right when its positive is the closer photo.
         let hits = diff.lower_elem(0.0).int().sum().into_scalar().elem::<i64>() as usize;
         StepLoss { loss, hits: Some(hits) }
     }
 
-    fn param_groups(&self, grads: B::Gradients) -> Vec<ParamGroup> {
-        engine::single_group(self, grads)
+    fn param_groups(&self, mut grads: B::Gradients) -> Vec<ParamGroup> {
+        let Some(net) = &self.trunk else { return engine::single_group(self, grads) };
+        let trunk = burn::optim::GradientsParams::from_module(&mut grads, net);
+        let head = burn::optim::GradientsParams::from_grads(grads, self);
+        vec![ParamGroup { name: "head", lr_mult: 1.0, grads: head }, ParamGroup { name: "trunk", lr_mult: self.backbone_lr_mult, grads: trunk }]
     }
 }
 
@@ -272,19 +369,8 @@ pub fn run_recipe<B: AutodiffBackend>(
     engine::check_run_data(run_dir, ctx.resume, &engine::RunData::new(&root, &ds.train.stems))?;
     let (kind, method_kind) = (r.model.backbone, r.method.name);
     let (d, t) = (&r.data, &r.train);
-    let [train_sk, train_ph, test_sk, test_ph] = views_of::<B::InnerBackend>(r, &ds, &root, ctx, shared, device)?;
-    let map_shape = train_sk.maps.as_ref().map(|m| m.1).unwrap_or([0; 3]);
-
+    let end_to_end = r.model.mode == FeatureMode::EndToEnd;
     let sampler = TripletSampler::new(&ds.train.triplets, t.hard_ratio).map_err(|message| TrainError::Recipe { path: root.clone(), message })?;
-    B::seed(device, t.seed);
-    let method = TripletMethod { model: SbirModel::<B>::new(method_kind, t.loss, train_sk.pooled.dim, map_shape, device), margin: t.margin };
-    let source = TripletSource {
-        sampler,
-        sketches: features(train_sk, method_kind),
-        photos: features(train_ph, method_kind),
-        anchors: (0..ds.train.len()).collect(),
-        seed: t.seed,
-    };
     let spec = EngineSpec {
         epochs: t.epochs,
         lr: t.lr,
@@ -295,14 +381,69 @@ pub fn run_recipe<B: AutodiffBackend>(
         sampler: Sampler::Shuffled { batch_size: t.batch_size },
     };
     let label = format!("{} {}", r.report.method, ds.name);
-    let (method, epochs) = match engine::train(&spec, &ctx.io(&label), method, &source, None, device)? {
-        Trained::Finished { method, epochs, .. } => (method, epochs),
-        Trained::Stopped { .. } => return Ok(None),
+    let conv5 = conv5_stage(kind);
+    let anchors: Vec<usize> = (0..ds.train.len()).collect();
+    let (trained, epochs, test_views) = if end_to_end {
+        // Pixels through the live trunk; the test views go through the trained trunk after.
+        let net = load_network(NetworkConfig::new(kind).init::<B>(device), kind, ctx.pretrained_weights()?)?.0;
+        let c = d.crop as usize;
+        let map = (0..=conv5).fold(Tensor::<B::InnerBackend, 4>::zeros([1, 3, c, c], device), |x, i| net.valid().forward_stage(i, x));
+        let [_, mc, mh, mw] = map.dims();
+        let pooled = net.feature_dim();
+        B::seed(device, t.seed);
+        let method = TripletMethod {
+            model: SbirModel::<B>::new(method_kind, t.loss, pooled, [mc, mh, mw], device),
+            trunk: Some(net),
+            conv5,
+            reads_maps: method_kind.reads_maps(),
+            backbone_lr_mult: r.model.backbone_lr_mult,
+            margin: t.margin,
+        };
+        let source = TripletPixelSource {
+            sampler,
+            sketches: &ds.train.sketches,
+            photos: &ds.train.photos,
+            anchors,
+            side: d.side,
+            crop: d.crop,
+            normalize: kind.normalize(),
+            seed: t.seed,
+        };
+        let (method, epochs) = match engine::train(&spec, &ctx.io(&label), method, &source, None, device)? {
+            Trained::Finished { method, epochs, .. } => (method, epochs),
+            Trained::Stopped { .. } => return Ok(None),
+        };
+        let valid = method.valid();
+        let trunk = valid.trunk.as_ref().expect("an end-to-end method keeps its trunk");
+        let bar = engine::progress_bar(ctx.progress, 2 * ds.test.len() as u64, &format!("{} test views", ds.name));
+        let ten = |_: usize| ten_view_offsets(d.side, d.crop).to_vec();
+        let sk = compute(trunk, Some(conv5), &ds.test.sketches, &ten, d.side, d.crop, kind.normalize(), device, &bar)?;
+        let ph = compute(trunk, Some(conv5), &ds.test.photos, &ten, d.side, d.crop, kind.normalize(), device, &bar)?;
+        bar.finish_and_clear();
+        (valid.model, epochs, [sk, ph])
+    } else {
+        let [train_sk, train_ph, test_sk, test_ph] = views_of::<B::InnerBackend>(r, &ds, &root, ctx, shared, device)?;
+        let map_shape = train_sk.maps.as_ref().map(|m| m.1).unwrap_or([0; 3]);
+        B::seed(device, t.seed);
+        let method = TripletMethod {
+            model: SbirModel::<B>::new(method_kind, t.loss, train_sk.pooled.dim, map_shape, device),
+            trunk: None,
+            conv5,
+            reads_maps: method_kind.reads_maps(),
+            backbone_lr_mult: r.model.backbone_lr_mult,
+            margin: t.margin,
+        };
+        let source = TripletSource { sampler, sketches: features(train_sk, method_kind), photos: features(train_ph, method_kind), anchors, seed: t.seed };
+        let (method, epochs) = match engine::train(&spec, &ctx.io(&label), method, &source, None, device)? {
+            Trained::Finished { method, epochs, .. } => (method, epochs),
+            Trained::Stopped { .. } => return Ok(None),
+        };
+        (method.valid().model, epochs, [test_sk.clone(), test_ph.clone()])
     };
-    let model = method.valid().model;
+    let model = trained;
     let n = ds.test.len();
-    let sk = embed_all(&model, features(test_sk, method_kind), device);
-    let ph = embed_all(&model, features(test_ph, method_kind), device);
+    let sk = embed_all(&model, features(&test_views[0], method_kind), device);
+    let ph = embed_all(&model, features(&test_views[1], method_kind), device);
     let w = model.energy();
     let ten_views = view_energies(&sk, &ph, n, 10, &(0..10).collect::<Vec<_>>(), w.as_ref());
     let one_view = view_energies(&sk, &ph, n, 10, &[CENTRE], w.as_ref());
@@ -324,12 +465,21 @@ pub fn run_recipe<B: AutodiffBackend>(
         metrics.insert("train_triplets_right".into(), last.train_top1);
     }
     let mut deviations = method_kind.deviations();
+    if end_to_end {
+        deviations.retain(|d| !d.starts_with("with the trunk frozen"));
+        deviations.push(format!(
+            "the whole trunk fine-tunes from its ImageNet weights at {} x the learning rate, with fresh random windows every epoch (the release trains only the layers above a pretrained Sketch-a-Net trunk)",
+            r.model.backbone_lr_mult
+        ));
+    }
     deviations.extend(r.report.deviations.iter().cloned());
     deviations.push(format!("{} normalisation of the trunk instead of the authors' mean subtraction (250.42)", kind.display_name()));
-    let mut trained_layers = format!("{} (trunk frozen)", method_kind.trained_layers());
-    if t.loss == Loss::Holef {
-        trained_layers = format!("{}, HOLEF W (trunk frozen)", method_kind.trained_layers());
-    }
+    let holef = if t.loss == Loss::Holef { ", HOLEF W" } else { "" };
+    let trained_layers = if end_to_end {
+        format!("{}{holef}, and the whole trunk from its ImageNet weights (lr x {})", method_kind.trained_layers(), r.model.backbone_lr_mult)
+    } else {
+        format!("{}{holef} (trunk frozen)", method_kind.trained_layers())
+    };
     let record = ResultRecord {
         table: r.report.table.clone(),
         method: r.report.method.clone(),
@@ -342,7 +492,11 @@ pub fn run_recipe<B: AutodiffBackend>(
         section: Some("6.2".into()),
         protocol: Protocol {
             split: "the set's train / test pairs (QMUL V1 release)".into(),
-            train_transform: format!("{} random {c}x{c} windows of the {s}x{s} image, random flip, cached", d.train_views, c = d.crop, s = d.side),
+            train_transform: if end_to_end {
+                format!("a random {c}x{c} window of the {s}x{s} image and a random flip, fresh every epoch", c = d.crop, s = d.side)
+            } else {
+                format!("{} random {c}x{c} windows of the {s}x{s} image, random flip, cached", d.train_views, c = d.crop, s = d.side)
+            },
             eval_transform: format!("ten {c}x{c} views (4 corners and centre, each mirrored), energies summed", c = d.crop),
             tta: "ten views".into(),
             checkpoint: "last epoch".into(),
@@ -351,7 +505,7 @@ pub fn run_recipe<B: AutodiffBackend>(
             batch_size: t.batch_size,
             optimizer: format!("SGD lr {} momentum {} weight decay {}, constant", t.lr, t.momentum, t.weight_decay),
             trained_layers,
-            mode: FeatureMode::Frozen,
+            mode: r.model.mode,
             trained_from_stage: None,
             loss: Some(format!("{}, margin {}", t.loss.describe(), t.margin)),
         },
@@ -380,8 +534,18 @@ pub fn trained_model<B: Backend>(
     let map = (0..=conv5_stage(kind)).fold(Tensor::<B, 4>::zeros([1, 3, c, c], device), |x, i| net.forward_stage(i, x));
     let [_, mc, mh, mw] = map.dims();
     let pooled = fgia_nn::ops::global_avg_pool(net.forward_stages_from(conv5_stage(kind) + 1, map)).dims()[1];
-    let fresh = TripletMethod { model: SbirModel::<B>::new(r.method.name, r.train.loss, pooled, [mc, mh, mw], device), margin: r.train.margin };
+    let end_to_end = r.model.mode == FeatureMode::EndToEnd;
+    let fresh = TripletMethod {
+        model: SbirModel::<B>::new(r.method.name, r.train.loss, pooled, [mc, mh, mw], device),
+        trunk: end_to_end.then(|| net.clone()),
+        conv5: conv5_stage(kind),
+        reads_maps: r.method.name.reads_maps(),
+        backbone_lr_mult: r.model.backbone_lr_mult,
+        margin: r.train.margin,
+    };
     let (method, _) = engine::load_checkpoint_module(fresh, run_dir, device)?;
+    // End to end, the trunk is the run's own.
+    let net = method.trunk.unwrap_or(net);
     Ok((r, net, method.model))
 }
 

@@ -810,3 +810,64 @@ fn sbir_trains_on_qmul_chairs_beats_chance_and_answers_sketch_queries() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && !err.contains("panicked") && err.contains("photos.fgiasbir"), "{err}");
 }
+
+/// The full profile's mode on a small scale: `model.mode = "end-to-end"` trains triplet
+/// Sketch-a-Net with the whole EfficientNet-Lite0 trunk on fresh random windows of the pixels
+/// (here 64 px crops of 72 px images, three epochs), evaluates through the trained trunk, and
+/// records it; `sbir-index` then embeds photos with the run's own trunk.
+#[test]
+fn sbir_end_to_end_fine_tunes_the_trunk_and_its_index_uses_it() {
+    let test = "sbir_end_to_end_fine_tunes_the_trunk_and_its_index_uses_it";
+    let Some(weights) = lite0_weights(test) else { return };
+    let Some(data) = fgia_core::testing::shared_data(env!("CARGO_MANIFEST_DIR"), test, "qmul-chairs-v1") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ws = fgia_core::testing::workspace_root(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(ws.join("recipes/table6/triplet-sketch-a-net-chairs.toml"))
+        .expect("recipe")
+        .replace("backbone = \"efficientnet-lite0\"", "backbone = \"efficientnet-lite0\"\nmode = \"end-to-end\"\nbackbone_lr_mult = 0.1")
+        .replace("side = 256", "side = 72")
+        .replace("crop = 225", "crop = 64")
+        .replace("epochs = 60", "epochs = 3")
+        .replace("batch_size = 128", "batch_size = 32");
+    let recipe = dir.path().join("e2e.toml");
+    std::fs::write(&recipe, text).expect("write");
+    let (runs, results) = (dir.path().join("runs"), dir.path().join("results"));
+    let s = |p: &Path| p.to_str().expect("utf8").to_string();
+    let out = ok(&fgia(&[
+        "sbir",
+        "--quiet",
+        "--recipe",
+        &s(&recipe),
+        "--data-root",
+        &s(&data),
+        "--weights",
+        &s(&weights),
+        "--runs-dir",
+        &s(&runs),
+        "--results-dir",
+        &s(&results),
+    ]));
+    let r = fgia_core::record::ResultRecord::read(&results.join("e2e.json")).expect("record");
+    eprintln!("{out}{:?}", r.metrics);
+    assert_eq!(r.protocol.mode, fgia_core::record::FeatureMode::EndToEnd);
+    assert!(r.protocol.trained_layers.contains("whole trunk"), "{}", r.protocol.trained_layers);
+    assert!(r.protocol.train_transform.contains("fresh every epoch"));
+    assert!(
+        r.deviations.iter().any(|d| d.contains("fine-tunes from its ImageNet weights")) && !r.deviations.iter().any(|d| d.starts_with("with the trunk frozen"))
+    );
+    assert!(r.metrics["acc@10"] > 1.5 * r.metrics["chance@10"], "{:?}", r.metrics);
+    // The checkpoint holds the trunk (about 4.6 M parameters), not only fc6 / fc7 (0.8 M).
+    let run = runs.join("e2e");
+    let (_, ck) = fgia_train::engine::latest_checkpoint(&run).expect("a checkpoint");
+    let size = std::fs::metadata(ck.join("model.mpk")).expect("model.mpk").len();
+    assert!(size > 15_000_000, "model.mpk is {size} bytes");
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).expect("mkdir");
+    for stem in ["201", "202", "203", "204"] {
+        std::fs::copy(data.join(format!("testB/{stem}.png")), photos.join(format!("{stem}.png"))).expect("copy");
+    }
+    let index = dir.path().join("p.fgiasbir");
+    ok(&fgia(&["sbir-index", "--quiet", "--run-dir", &s(&run), "--photos", &s(&photos), "--out", &s(&index), "--weights", &s(&weights)]));
+    let listing = ok(&fgia(&["sbir-query", "--index", &s(&index), "--top", "4", "--weights", &s(&weights), &s(&data.join("testA/201.png"))]));
+    assert_eq!(listing.lines().filter(|l| l.contains("testB") || l.contains("/photos/")).count(), 4, "{listing}");
+}
