@@ -185,7 +185,8 @@ pub fn table6_body(records: &[&Loaded], reference: &[&ReferenceValue], out: &Pat
                 });
             }
         }
-        let svg = line_chart(&format!("acc@K on {dataset} (ten views)"), "K", "acc@K (%)", &series, None)?;
+        let ticks: Vec<(f64, String)> = [1, 5, 10, 15, 20].iter().map(|&k| (k as f64, k.to_string())).collect();
+        let svg = line_chart(&format!("acc@K on {dataset} (ten views)"), "K", "acc@K (%)", &series, Some(&ticks))?;
         let name = format!("table6-acck-{di}.svg");
         write(&out.join(&name), &svg)?;
         let _ = writeln!(
