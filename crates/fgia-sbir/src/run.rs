@@ -465,6 +465,9 @@ pub fn run_recipe<B: AutodiffBackend>(
         metrics.insert("train_triplets_right".into(), last.train_top1);
     }
     let mut deviations = method_kind.deviations();
+    if !end_to_end {
+        deviations.push(format!("{} cached random views per training image instead of fresh augmentation every epoch", d.train_views));
+    }
     if end_to_end {
         deviations.retain(|d| !d.starts_with("with the trunk frozen"));
         deviations.push(format!(
