@@ -7,6 +7,7 @@ mod extract;
 mod fetch;
 mod reproduce;
 mod subset;
+mod sweep;
 mod table2;
 mod verify;
 mod weights;
@@ -76,6 +77,27 @@ enum Cmd {
         /// of the profile).
         #[arg(long, value_delimiter = ',')]
         datasets: Vec<String>,
+        /// Results folder (records, run folders, sweeps); on a cluster, a shared one.
+        #[arg(long)]
+        results: Option<PathBuf>,
+        #[command(flatten)]
+        slurm: SlurmArgs,
+    },
+    /// On a machine with an NVIDIA GPU: build `fgia` with CUDA, check every backbone and pooling
+    /// operator forward and backward against the CPU, time a training step per backbone at 224 and
+    /// 448 px, write `results/environment/<host>-cuda.json` and render the report's environment page.
+    GpuCheck {
+        /// Report file (default: results/environment/<host>-cuda.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Batch of the timed steps.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+    },
+    /// Slurm sweeps submitted by `reproduce ... --slurm`.
+    Sweep {
+        #[command(subcommand)]
+        command: SweepCmd,
     },
     /// Render reports/ (static HTML) from results/.
     Report {
@@ -88,8 +110,61 @@ enum Cmd {
     },
 }
 
+/// Hand the settings to Slurm instead of running them here.
+#[derive(clap::Args, Debug)]
+struct SlurmArgs {
+    /// Write one sbatch job array (one task per recipe, dataset and seed) and submit it; each task
+    /// runs the release `fgia` on its setting. Resubmitting runs only the unfinished settings.
+    #[arg(long)]
+    slurm: bool,
+    /// Slurm partition.
+    #[arg(long, requires = "slurm")]
+    partition: Option<String>,
+    /// GPUs per task.
+    #[arg(long, requires = "slurm")]
+    gpus_per_task: Option<u32>,
+    /// CPUs per task (also the task's CPU threads).
+    #[arg(long, requires = "slurm")]
+    cpus_per_task: Option<u32>,
+    /// Time limit per task (`minutes`, `hh:mm:ss`, `days-hh`).
+    #[arg(long, requires = "slurm")]
+    time: Option<String>,
+    /// Slurm account.
+    #[arg(long, requires = "slurm")]
+    account: Option<String>,
+    /// Print the job-array script instead of submitting it.
+    #[arg(long, requires = "slurm")]
+    dry_run: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum SweepCmd {
+    /// Each setting's state (Slurm's `sacct`, and the run folders), and the log tails of failed tasks.
+    Status {
+        /// Results folder of the sweeps (default: results/).
+        #[arg(long)]
+        results: Option<PathBuf>,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum DatasetsCmd {
+    /// Write a CUB subset: the classes with ids FIRST-LAST and, per class, the first N official
+    /// train and N official test images by id (boxes and parts kept; images hard-linked).
+    Subset {
+        /// Source CUB root (holds images.txt).
+        #[arg(long)]
+        root: PathBuf,
+        /// New folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Class ids, FIRST-LAST (1-based, as in classes.txt).
+        #[arg(long, default_value = "1-40")]
+        classes: String,
+        /// Images per class and split.
+        #[arg(long, default_value_t = 15)]
+        per_split: usize,
+    },
     /// Print classes and split sizes, check every referenced file, report malformed lines.
     Verify {
         /// cub, dogs, cars or aircraft.
@@ -173,8 +248,16 @@ pub fn git_revision(ws: &Path) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Builds the release `fgia` binary (with CUDA for `device == "cuda"`) and returns its path.
+/// Builds the release `fgia` binary (with CUDA for `device == "cuda"`) and returns its path;
+/// `FGIA_BIN` names a built one instead.
 pub fn cli_binary(ws: &Path, device: &str) -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("FGIA_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("FGIA_BIN={}: no such file", bin.display());
+        }
+        return Ok(bin);
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(ws).args(["build", "--release", "--package", "fgia-cli"]);
@@ -206,11 +289,36 @@ fn main() -> Result<()> {
         Cmd::Datasets { command: DatasetsCmd::Verify { dataset, root, skip_bad, decode } } => {
             verify::verify(dataset, &root, skip_bad, decode)?;
         }
+        Cmd::Datasets { command: DatasetsCmd::Subset { root, out, classes, per_split } } => {
+            let (a, b) = classes.split_once('-').unwrap_or((&classes, &classes));
+            let (a, b): (u32, u32) = (a.trim().parse().context("--classes FIRST-LAST")?, b.trim().parse().context("--classes FIRST-LAST")?);
+            if a == 0 || b < a || per_split == 0 {
+                bail!("--classes {classes} --per-split {per_split}: need 1 <= FIRST <= LAST and N >= 1");
+            }
+            let n = subset::build_cub_subset_of(&root, &out, a..=b, per_split)?;
+            println!("wrote {} ({n} images, classes {a}-{b}, at most {per_split} per class and split)", out.display());
+        }
         Cmd::Datasets { command: DatasetsCmd::VerifySketch { root, decode } } => {
             verify::verify_sketch(&root, decode)?;
         }
         Cmd::Weights { command: WeightsCmd::Fetch { backbone } } => fetch_weights(&backbone)?,
-        Cmd::Reproduce { table, smoke: _, full, seeds, device, root, methods, datasets } => {
+        Cmd::GpuCheck { out, batch } => {
+            let fgia = cli_binary(&ws, "cuda")?;
+            let host = Command::new("hostname").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).filter(|h| !h.is_empty()).unwrap_or_else(|| "gpu".into());
+            let out = out.unwrap_or_else(|| ws.join("results").join("environment").join(format!("{host}-cuda.json")));
+            let status = Command::new(&fgia)
+                .args(["--device", "cuda", "check-device", "--batch", &batch.to_string(), "--out"])
+                .arg(&out)
+                .env("FGIA_GIT_REV", git_revision(&ws))
+                .status()
+                .context("running fgia check-device")?;
+            render_report(&ws, &ws.join("results"), &ws.join("reports"))?;
+            if !status.success() {
+                bail!("the GPU check failed ({status}); see {} and reports/environment.html", out.display());
+            }
+        }
+        Cmd::Sweep { command: SweepCmd::Status { results } } => sweep::print_status(&results.unwrap_or_else(|| ws.join("results")))?,
+        Cmd::Reproduce { table, smoke: _, full, seeds, device, root, methods, datasets, results, slurm } => {
             let profile = if full { Profile::Full } else { Profile::Smoke };
             if seeds == 0 {
                 bail!("--seeds must be at least 1");
@@ -218,6 +326,25 @@ fn main() -> Result<()> {
             let device = match device {
                 Device::Cpu => "cpu",
                 Device::Cuda => "cuda",
+            };
+            if !["table2", "table4", "table5", "table6"].contains(&table.as_str()) {
+                bail!("unknown table '{table}' (this version reproduces: table2, table4, table5, table6)");
+            }
+            let results = results.unwrap_or_else(|| ws.join("results"));
+            let fgia = cli_binary(&ws, device)?;
+            let rev = git_revision(&ws);
+            let mut runner = if slurm.slurm {
+                let options = sweep::SlurmOptions {
+                    partition: slurm.partition,
+                    gpus_per_task: slurm.gpus_per_task,
+                    cpus_per_task: slurm.cpus_per_task,
+                    time: slurm.time,
+                    account: slurm.account,
+                    dry_run: slurm.dry_run,
+                };
+                sweep::Runner::Slurm { fgia, rev, options, tasks: Vec::new() }
+            } else {
+                sweep::Runner::Local { fgia, rev }
             };
             match table.as_str() {
                 "table4" => {
@@ -236,7 +363,7 @@ fn main() -> Result<()> {
                             weights::fetch_hub("timm/resnet50.tv_in1k", "model.safetensors", &fgia_core::paths::hub_cache_dir(), &weights::pins_path())?;
                         }
                     }
-                    reproduce::table4(&ws, profile, seeds, device, &data_root)?;
+                    reproduce::table4(&ws, &mut runner, &results, profile, seeds, device, &data_root)?;
                 }
                 "table5" => {
                     let roots = match profile {
@@ -261,7 +388,7 @@ fn main() -> Result<()> {
                             vec![("cub", cub), ("cars", download::download_dataset(&ws, "cars", &downloads, &[])?)]
                         }
                     };
-                    reproduce::table5(&ws, profile, seeds, device, &roots)?;
+                    reproduce::table5(&ws, &mut runner, &results, profile, seeds, device, &roots)?;
                 }
                 "table2" => {
                     let wanted = |d: &str| datasets.is_empty() || datasets.iter().any(|x| x == d);
@@ -299,7 +426,7 @@ fn main() -> Result<()> {
                     if roots.is_empty() {
                         bail!("no dataset selected");
                     }
-                    table2::table2(&ws, profile, seeds, device, &roots, &methods)?;
+                    table2::table2(&ws, &mut runner, &results, profile, seeds, device, &roots, &methods)?;
                 }
                 "table6" => {
                     weights::fetch_lite0(&fgia_core::paths::weights_dir())?;
@@ -309,16 +436,15 @@ fn main() -> Result<()> {
                             "Table 6 needs the QMUL sets (qmul-shoes-v1, qmul-chairs-v1): set FGIA_DATA, place them under ../shared/data, or pass --root DIR holding both"
                         ),
                     };
-                    if profile == Profile::Full {
-                        println!(
-                            "Table 6 --full: the recipes as written (all cached views, every epoch); the trunk stays frozen in this version, and every record says so"
-                        );
-                    }
-                    reproduce::table6(&ws, profile, seeds, device, &data)?;
+                    reproduce::table6(&ws, &mut runner, &results, profile, seeds, device, &data)?;
                 }
-                other => bail!("unknown table '{other}' (this version reproduces: table2, table4, table5, table6)"),
+                other => bail!("unknown table '{other}'"),
             }
-            render_report(&ws, &ws.join("results"), &ws.join("reports"))?;
+            if runner.is_slurm() {
+                runner.finish(&results, &format!("{table}-{}", profile.name()), &ws)?;
+            } else {
+                render_report(&ws, &results, &ws.join("reports"))?;
+            }
         }
         Cmd::Report { results, out } => {
             render_report(&ws, &results.unwrap_or_else(|| ws.join("results")), &out.unwrap_or_else(|| ws.join("reports")))?;

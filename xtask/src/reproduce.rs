@@ -3,11 +3,11 @@
 //! the report.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Profile, cli_binary, git_revision};
+use crate::Profile;
+use crate::sweep::{Runner, Task};
 
 /// One training run of a reproduction.
 struct Setting {
@@ -58,7 +58,7 @@ pub fn apply_smoke(r: &mut toml::Value, smoke: Option<&toml::Value>, default_epo
 }
 
 /// Runs every setting of Table 4 for `profile`.
-pub fn table4(ws: &Path, profile: Profile, seeds: usize, device: &str, data_root: &Path) -> Result<()> {
+pub fn table4(ws: &Path, runner: &mut Runner, results_root: &Path, profile: Profile, seeds: usize, device: &str, data_root: &Path) -> Result<()> {
     let (recipe_file, ours): (&str, [u32; 4]) = match profile {
         Profile::Smoke => ("recipes/table4/smoke-cub-mini.toml", [112, 140, 168, 196]),
         Profile::Full => ("recipes/table4/resnet50-cub.toml", [224, 280, 336, 392]),
@@ -77,9 +77,8 @@ pub fn table4(ws: &Path, profile: Profile, seeds: usize, device: &str, data_root
             settings.push(Setting { key: format!("{}-{backbone}-{res}px-seed{seed}", profile.name()), recipe: r });
         }
     }
-    let fgia = cli_binary(ws, device)?;
-    let results = ws.join("results").join("table4");
-    let runs = ws.join("results").join("runs").join("table4");
+    let results = results_root.join("table4");
+    let runs = results_root.join("runs").join("table4");
     std::fs::create_dir_all(&results)?;
     std::fs::create_dir_all(&runs)?;
     let total = settings.len();
@@ -90,11 +89,11 @@ pub fn table4(ws: &Path, profile: Profile, seeds: usize, device: &str, data_root
             continue;
         }
         let run_dir = runs.join(&s.key);
-        let mut cmd = Command::new(&fgia);
-        cmd.arg("--device").arg(device).arg("train").arg("--run-dir").arg(&run_dir).arg("--data-root").arg(data_root).arg("--result").arg(&result);
+        let mut args: Vec<std::ffi::OsString> = vec!["--device".into(), device.into(), "train".into(), "--run-dir".into(), run_dir.clone().into()];
+        args.extend(["--data-root".into(), data_root.into(), "--result".into(), result.clone().into()]);
         if run_dir.join("recipe.toml").exists() {
             println!("[{}/{total}] {}: resuming {}", i + 1, s.key, run_dir.display());
-            cmd.arg("--resume");
+            args.push("--resume".into());
         } else {
             if run_dir.exists() {
                 // Created but killed before its recipe was written: nothing to keep, unless
@@ -103,14 +102,13 @@ pub fn table4(ws: &Path, profile: Profile, seeds: usize, device: &str, data_root
             }
             let recipe_path = runs.join(format!("{}.recipe.toml", s.key));
             fgia_core::record::write_atomic(&recipe_path, toml::to_string_pretty(&s.recipe)?.as_bytes())?;
-            println!("[{}/{total}] {}: training", i + 1, s.key);
-            cmd.arg("--recipe").arg(&recipe_path);
+            println!("[{}/{total}] {}: {}", i + 1, s.key, if runner.is_slurm() { "to submit" } else { "training" });
+            args.extend(["--recipe".into(), recipe_path.into()]);
         }
-        cmd.env("FGIA_GIT_REV", git_revision(ws));
-        let status = cmd.status().with_context(|| format!("running {}", fgia.display()))?;
-        if !status.success() {
-            bail!("{} failed ({status}); rerun the same command to resume it", s.key);
-        }
+        runner.run(Task { key: s.key.clone(), args, result, run_dir })?;
+    }
+    if runner.is_slurm() {
+        return Ok(());
     }
     println!("\nTable 4 ({}):", profile.name());
     println!("{:>8} {:>8} {:>10}  record", "paper px", "ours px", "top-1 %");
@@ -209,10 +207,9 @@ pub fn table5_setting(template: &toml::Value, dataset: &str, profile: Profile, s
 /// Runs Table 5 (content-based retrieval) on CUB-200-2011 and Stanford Cars, or on cub-mini and
 /// cars-mini for the smoke profile. Each dataset's recipes run in one `fgia retrieval` process
 /// so the methods share the backbone's cached feature maps.
-pub fn table5(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[(&str, PathBuf)]) -> Result<()> {
-    let fgia = cli_binary(ws, device)?;
-    let results = ws.join("results").join("table5");
-    let runs = ws.join("results").join("runs").join("table5");
+pub fn table5(ws: &Path, runner: &mut Runner, results_root: &Path, profile: Profile, seeds: usize, device: &str, roots: &[(&str, PathBuf)]) -> Result<()> {
+    let results = results_root.join("table5");
+    let runs = results_root.join("runs").join("table5");
     std::fs::create_dir_all(&results)?;
     std::fs::create_dir_all(&runs)?;
     for (dataset, root) in roots {
@@ -230,7 +227,7 @@ pub fn table5(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[
             continue;
         }
         println!("Table 5 ({}), {dataset}: {} runs on {}", profile.name(), pending.len(), root.display());
-        run_recipes(ws, &fgia, device, "retrieval", &runs, &results, root, &pending).with_context(|| format!("Table 5 on {dataset}"))?;
+        runner.run_recipes(device, "retrieval", &runs, &results, root, &pending).with_context(|| format!("Table 5 on {dataset}"))?;
     }
     Ok(())
 }
@@ -255,22 +252,6 @@ pub fn stage_recipe(runs: &Path, results: &Path, key: &str, recipe: &toml::Value
     let recipe_path = runs.join(format!("{key}.recipe.toml"));
     fgia_core::record::write_atomic(&recipe_path, toml::to_string_pretty(recipe)?.as_bytes())?;
     Ok(Some(recipe_path))
-}
-
-/// Runs `fgia <command>` once on a list of recipes (they share the cached backbone maps).
-#[allow(clippy::too_many_arguments)]
-pub fn run_recipes(ws: &Path, fgia: &Path, device: &str, command: &str, runs: &Path, results: &Path, root: &Path, recipes: &[PathBuf]) -> Result<()> {
-    let mut cmd = Command::new(fgia);
-    cmd.arg("--device").arg(device).arg(command).arg("--runs-dir").arg(runs).arg("--results-dir").arg(results).arg("--data-root").arg(root).arg("--resume");
-    for p in recipes {
-        cmd.arg("--recipe").arg(p);
-    }
-    cmd.env("FGIA_GIT_REV", git_revision(ws));
-    let status = cmd.status().with_context(|| format!("running {}", fgia.display()))?;
-    if !status.success() {
-        bail!("`fgia {command}` failed ({status}); rerun the same command to resume (finished runs are skipped)");
-    }
-    Ok(())
 }
 
 /// The recipe of one Table 6 run from a recipe file: the seed; for the full profile the whole
@@ -314,10 +295,9 @@ pub const TABLE6_SETS: [(&str, &str); 2] = [("shoes", "qmul-shoes-v1"), ("chairs
 /// Runs Table 6 (sketch-based retrieval) on QMUL-Shoe and QMUL-Chair: every recipe of
 /// `recipes/table6/` on its set, `seeds` times. The recipes of one set run in one `fgia sbir`
 /// process, so they share the trunk's pass over the views.
-pub fn table6(ws: &Path, profile: Profile, seeds: usize, device: &str, data: &Path) -> Result<()> {
-    let fgia = cli_binary(ws, device)?;
-    let results = ws.join("results").join("table6");
-    let runs = ws.join("results").join("runs").join("table6");
+pub fn table6(ws: &Path, runner: &mut Runner, results_root: &Path, profile: Profile, seeds: usize, device: &str, data: &Path) -> Result<()> {
+    let results = results_root.join("table6");
+    let runs = results_root.join("runs").join("table6");
     std::fs::create_dir_all(&results)?;
     std::fs::create_dir_all(&runs)?;
     let started = std::time::Instant::now();
@@ -339,7 +319,7 @@ pub fn table6(ws: &Path, profile: Profile, seeds: usize, device: &str, data: &Pa
             continue;
         }
         println!("Table 6 ({}), {set_name}: {} runs on {}", profile.name(), pending.len(), root.display());
-        run_recipes(ws, &fgia, device, "sbir", &runs, &results, &root, &pending).with_context(|| format!("Table 6 on {set_name}"))?;
+        runner.run_recipes(device, "sbir", &runs, &results, &root, &pending).with_context(|| format!("Table 6 on {set_name}"))?;
     }
     println!("Table 6 ({}): {:.0} s", profile.name(), started.elapsed().as_secs_f64());
     Ok(())

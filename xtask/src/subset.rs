@@ -17,8 +17,18 @@ fn lines(path: &Path) -> Result<Vec<String>> {
     Ok(std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?.lines().map(|l| l.trim_end().to_string()).collect())
 }
 
-/// Writes the subset of the CUB root `src` into `dest` (which must not exist).
+/// Writes the smoke subset of the CUB root `src` into `dest` (which must not exist).
 pub fn build_cub_subset(src: &Path, dest: &Path) -> Result<usize> {
+    build_cub_subset_of(src, dest, SMOKE_CLASSES, PER_SPLIT)
+}
+
+/// Writes the subset of `src` with the class ids `classes`, and per class the first `per_split`
+/// official-train and official-test images by id, into `dest` (which must not exist). Returns
+/// the number of images.
+pub fn build_cub_subset_of(src: &Path, dest: &Path, classes: std::ops::RangeInclusive<u32>, per_split: usize) -> Result<usize> {
+    if dest.exists() {
+        bail!("{}: already exists; the subset is written to a new folder", dest.display());
+    }
     // Parse with the toolkit's reader first: a malformed official file fails here, clearly.
     let ds = fgia_core::datasets::read_cub(src, fgia_core::datasets::ReadOptions::default())?;
     let mut chosen: HashSet<String> = HashSet::new();
@@ -28,13 +38,13 @@ pub fn build_cub_subset(src: &Path, dest: &Path) -> Result<usize> {
         .iter()
         .map(|r| (r, true))
         .chain(ds.test.iter().map(|r| (r, false)))
-        .filter(|(r, _)| SMOKE_CLASSES.contains(&ds.classes.ids[r.label]))
+        .filter(|(r, _)| classes.contains(&ds.classes.ids[r.label]))
         .filter_map(|(r, t)| r.id.parse::<u64>().ok().map(|id| (id, r.label, t)))
         .collect();
     all.sort();
     for (id, label, train) in all {
         let n = per.entry((label, train)).or_default();
-        if *n < PER_SPLIT {
+        if *n < per_split {
             *n += 1;
             chosen.insert(id.to_string());
         }
@@ -57,7 +67,7 @@ pub fn build_cub_subset(src: &Path, dest: &Path) -> Result<usize> {
     }
     let classes: Vec<String> = lines(&src.join("classes.txt"))?
         .into_iter()
-        .filter(|l| l.split_whitespace().next().and_then(|i| i.parse::<u32>().ok()).is_some_and(|i| SMOKE_CLASSES.contains(&i)))
+        .filter(|l| l.split_whitespace().next().and_then(|i| i.parse::<u32>().ok()).is_some_and(|i| classes.contains(&i)))
         .collect();
     std::fs::write(tmp.join("classes.txt"), classes.join("\n") + "\n")?;
     std::fs::copy(src.join("parts/parts.txt"), tmp.join("parts/parts.txt")).ok();

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::reproduce::{apply_smoke, recipe_names, run_recipes, stage_recipe};
-use crate::{Profile, cli_binary};
+use crate::Profile;
+use crate::reproduce::{apply_smoke, recipe_names, stage_recipe};
+use crate::sweep::Runner;
 
 /// Smoke epochs when a recipe's `[smoke]` table sets none.
 const SMOKE_EPOCHS: i64 = 20;
@@ -97,16 +98,16 @@ pub fn setting(template: &toml::Value, method: &str, format: &str, profile: Prof
 
 /// Runs Table 2 for `profile` on `roots` (`(format, root)`), restricted to `methods`: every
 /// recipe of `recipes/table2/`.
-pub fn table2(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[(&str, PathBuf)], methods: &[String]) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn table2(ws: &Path, runner: &mut Runner, results_root: &Path, profile: Profile, seeds: usize, device: &str, roots: &[(&str, PathBuf)], methods: &[String]) -> Result<()> {
     let all = recipe_names(ws, "table2")?;
     for m in methods {
         if !all.contains(m) {
             bail!("unknown Table 2 method '{m}' (recipes/table2 has: {})", all.join(", "));
         }
     }
-    let fgia = cli_binary(ws, device)?;
-    let results = ws.join("results").join("table2");
-    let runs = ws.join("results").join("runs").join("table2");
+    let results = results_root.join("table2");
+    let runs = results_root.join("runs").join("table2");
     std::fs::create_dir_all(&results)?;
     std::fs::create_dir_all(&runs)?;
     for (format, root) in roots {
@@ -125,7 +126,7 @@ pub fn table2(ws: &Path, profile: Profile, seeds: usize, device: &str, roots: &[
             continue;
         }
         println!("Table 2 ({}), {format}: {} runs on {}", profile.name(), pending.len(), root.display());
-        run_recipes(ws, &fgia, device, "encoding", &runs, &results, root, &pending).with_context(|| format!("Table 2 on {format}"))?;
+        runner.run_recipes(device, "encoding", &runs, &results, root, &pending).with_context(|| format!("Table 2 on {format}"))?;
     }
     Ok(())
 }

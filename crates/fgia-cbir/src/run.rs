@@ -475,6 +475,7 @@ pub fn run_recipe<B: AutodiffBackend>(
             mode,
             trained_from_stage: None,
             loss: None,
+            data_parallel: ctx.data_parallel(),
         },
         seed: recipe.train.seed,
         metrics,

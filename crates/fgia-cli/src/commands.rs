@@ -16,25 +16,26 @@ use fgia_train::eval::evaluate;
 use fgia_train::{Outcome, Recipe, RunContext, load_dataset, load_trained, train_and_evaluate};
 use serde::Serialize;
 
-use crate::{Command, EmbedArgs, EvalArgs, InfoArgs, LoaderArgs, PredictArgs, TrainArgs};
+use crate::{Command, EmbedArgs, Placement, EvalArgs, InfoArgs, LoaderArgs, PredictArgs, TrainArgs};
 use crate::{encoding, retrieval, sbir};
 
 /// Runs one command on backend `B` (training uses `Autodiff<B>`).
-pub fn run<B: Backend>(command: Command, device: B::Device, device_name: String) -> Result<()> {
+pub fn run<B: Backend>(command: Command, device: B::Device, place: Placement) -> Result<()> {
     match command {
-        Command::Train(a) => train::<B>(a, device, device_name),
+        Command::Train(a) => train::<B>(a, device, place),
         Command::Eval(a) => eval::<B>(a, device),
         Command::Predict(a) => predict::<B>(a, device),
         Command::Embed(a) => embed::<B>(a, device),
         Command::Info(a) => info::<B>(a, device),
-        Command::Retrieval(a) => retrieval::retrieval::<B>(a, device, device_name),
-        Command::Encoding(a) => encoding::encoding::<B>(a, device, device_name),
-        Command::Sbir(a) => sbir::sbir::<B>(a, device, device_name),
+        Command::Retrieval(a) => retrieval::retrieval::<B>(a, device, place),
+        Command::Encoding(a) => encoding::encoding::<B>(a, device, place),
+        Command::Sbir(a) => sbir::sbir::<B>(a, device, place),
         Command::SbirIndex(a) => sbir::sbir_index::<B>(a, device),
         Command::SbirQuery(a) => sbir::sbir_query::<B>(a, device),
         Command::Index(a) => retrieval::index::<B>(a, device),
         Command::Query(a) => retrieval::query::<B>(a, device),
         Command::Loader(a) => loader(a),
+        Command::CheckDevice(a) => crate::device_check::check_device::<B>(a, device, place.name),
     }
 }
 
@@ -82,7 +83,7 @@ pub(crate) fn resolve_pretrained(kind: BackboneKind, explicit: Option<&Path>) ->
     Ok(pretrained_path(kind, &fgia_core::paths::hub_cache_dir(), &fgia_core::paths::weights_dir())?)
 }
 
-fn train<B: Backend>(a: TrainArgs, device: B::Device, device_name: String) -> Result<()> {
+fn train<B: Backend>(a: TrainArgs, device: B::Device, place: Placement) -> Result<()> {
     let recipe = if a.resume {
         Recipe::load(&a.run_dir.join("recipe.toml")).with_context(|| format!("resuming {}", a.run_dir.display()))?
     } else {
@@ -95,10 +96,11 @@ fn train<B: Backend>(a: TrainArgs, device: B::Device, device_name: String) -> Re
         resume: a.resume,
         data_root: a.data_root.clone(),
         pretrained,
-        device_name,
+        device_name: place.name,
         git_revision: git_revision(),
         progress: !a.quiet,
         stop_after_epochs: None,
+        replicas: place.replicas,
     };
     match train_and_evaluate::<Autodiff<B>>(&recipe, &ctx, &device)? {
         Outcome::Finished(record) => {

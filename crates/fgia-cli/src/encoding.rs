@@ -6,9 +6,9 @@ use burn::prelude::*;
 use fgia_encoding::run::Caches;
 use fgia_encoding::{EncodingRecipe, run_recipe};
 
-use crate::RetrievalArgs;
+use crate::{Placement, RetrievalArgs};
 
-pub fn encoding<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: String) -> Result<()> {
+pub fn encoding<B: Backend>(a: RetrievalArgs, device: B::Device, place: Placement) -> Result<()> {
     // Read every recipe first: errors surface before any work, and the cache plan sees them all.
     let mut todo = Vec::new();
     let mut caches = Caches::default();
@@ -20,7 +20,7 @@ pub fn encoding<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: St
     // A failing recipe (a NaN loss, say) does not stop the others; the command fails at the end.
     let mut failed = Vec::new();
     for (path, key, result, recipe) in todo {
-        let ctx = a.context(&key, recipe.model.backbone, &device_name)?;
+        let ctx = a.context(&key, recipe.model.backbone, &place)?;
         let record = match run_recipe::<Autodiff<B>>(&recipe, &ctx, &mut caches, &device) {
             Ok(Some(r)) => r,
             Ok(None) => continue,

@@ -4,6 +4,7 @@
 //! feature, `Cuda`. Everything below the command-line layer is generic over the backend.
 
 mod commands;
+mod device_check;
 mod encoding;
 mod npy;
 mod retrieval;
@@ -29,6 +30,11 @@ struct Cli {
     /// Compute device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu, global = true)]
     device: DeviceArg,
+    /// Train data parallel over these devices (`cuda:0,cuda:1`; `cpu,cpu` runs two replicas on
+    /// the CPU): each batch is split over one model replica per device, the gradients averaged,
+    /// one step. Batch-norm statistics are per replica; the record says so.
+    #[arg(long, global = true)]
+    devices: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +69,10 @@ enum Command {
     Index(IndexArgs),
     /// Search an index with query images: top-K with distances, and an HTML page.
     Query(QueryArgs),
+    /// Check the --device backend against the CPU: every backbone and pooling operator forward
+    /// and backward with the same weights and inputs, then a timed training step per backbone;
+    /// writes a JSON report for the environment page (`cargo xtask gpu-check` runs it on CUDA).
+    CheckDevice(device_check::CheckArgs),
     /// Time the training data loader alone: decode and augment a dataset's training split
     /// through the engine's prefetching batch source, without training; prints images/s.
     Loader(LoaderArgs),
@@ -186,7 +196,7 @@ impl RetrievalArgs {
     }
 
     /// The run context of recipe `key`, whose trunk is `backbone`.
-    fn context(&self, key: &str, backbone: fgia_nn::BackboneKind, device_name: &str) -> Result<fgia_train::RunContext> {
+    fn context(&self, key: &str, backbone: fgia_nn::BackboneKind, place: &Placement) -> Result<fgia_train::RunContext> {
         let run_dir = self.runs_dir.join(key);
         Ok(fgia_train::RunContext {
             resume: self.resume_wanted(&run_dir),
@@ -194,9 +204,10 @@ impl RetrievalArgs {
             run_dir,
             data_root: self.data_root.clone(),
             pretrained: Some(commands::resolve_pretrained(backbone, self.weights.as_deref())?),
-            device_name: device_name.to_string(),
+            device_name: place.name.clone(),
             git_revision: commands::git_revision(),
             progress: !self.quiet,
+            replicas: place.replicas.clone(),
         })
     }
 }
@@ -351,9 +362,10 @@ struct InfoArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let replicas = parse_devices(cli.device, cli.devices.as_deref())?;
     let result = match cli.device {
-        DeviceArg::Cpu => commands::run::<burn::backend::Flex>(cli.command, Default::default(), cpu_name()),
-        DeviceArg::Cuda => run_cuda(cli.command),
+        DeviceArg::Cpu => commands::run::<burn::backend::Flex>(cli.command, Default::default(), Placement::new(cpu_name(), replicas)),
+        DeviceArg::Cuda => run_cuda(cli.command, replicas),
     };
     match result {
         // The reader of our output went away (`fgia query ... | head`): not an error.
@@ -362,17 +374,53 @@ fn main() -> Result<()> {
     }
 }
 
+/// Where training runs: the main device's name, and the replicas of a data-parallel run.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// The main device, in words, for the record.
+    pub name: String,
+    /// One per device of `--devices` (empty, or one, for a single device).
+    pub replicas: Vec<fgia_train::parallel::ReplicaDevice>,
+}
+
+impl Placement {
+    fn new(main: String, replicas: Vec<fgia_train::parallel::ReplicaDevice>) -> Self {
+        let name = if replicas.len() > 1 { format!("{main}; {} replicas: {}", replicas.len(), replicas.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")) } else { main };
+        Placement { name, replicas }
+    }
+}
+
+/// Parses `--devices cuda:0,cuda:1` (or `cpu,cpu`: replicas on the CPU, for tests): every
+/// entry of the `--device` kind, no CUDA index twice.
+fn parse_devices(kind: DeviceArg, list: Option<&str>) -> Result<Vec<fgia_train::parallel::ReplicaDevice>> {
+    let Some(list) = list else { return Ok(Vec::new()) };
+    let mut out: Vec<fgia_train::parallel::ReplicaDevice> = Vec::new();
+    for entry in list.split(',').map(str::trim) {
+        let index = match (kind, entry.split_once(':')) {
+            (DeviceArg::Cpu, None) if entry == "cpu" => 0,
+            (DeviceArg::Cuda, Some(("cuda", i))) => i.parse::<u16>().map_err(|_| anyhow::anyhow!("--devices: '{entry}' is not cuda:<index>"))?,
+            _ => anyhow::bail!("--devices: '{entry}' is not a {} device (write {})", if kind == DeviceArg::Cpu { "cpu" } else { "cuda" }, if kind == DeviceArg::Cpu { "cpu,cpu" } else { "cuda:0,cuda:1" }),
+        };
+        if kind == DeviceArg::Cuda && out.iter().any(|r| r.index == index) {
+            anyhow::bail!("--devices: {entry} is listed twice");
+        }
+        out.push(fgia_train::parallel::ReplicaDevice { index, name: entry.to_string() });
+    }
+    Ok(out)
+}
+
 fn cpu_name() -> String {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     format!("cpu (burn-flex, {threads} threads)")
 }
 
 #[cfg(feature = "cuda")]
-fn run_cuda(command: Command) -> Result<()> {
-    commands::run::<burn::backend::Cuda>(command, Default::default(), "cuda:0 (burn-cuda)".into())
+fn run_cuda(command: Command, replicas: Vec<fgia_train::parallel::ReplicaDevice>) -> Result<()> {
+    let main = replicas.first().map_or(0, |r| r.index as usize);
+    commands::run::<burn::backend::Cuda>(command, burn::backend::cuda::CudaDevice::new(main), Placement::new(format!("cuda:{main} (burn-cuda)"), replicas))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_cuda(_command: Command) -> Result<()> {
+fn run_cuda(_command: Command, _replicas: Vec<fgia_train::parallel::ReplicaDevice>) -> Result<()> {
     anyhow::bail!("this fgia was built without CUDA; rebuild with `cargo build --release -p fgia-cli --features cuda`")
 }

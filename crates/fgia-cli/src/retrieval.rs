@@ -18,13 +18,13 @@ use fgia_nn::weights::load_network;
 use fgia_nn::{BackboneKind, NetworkConfig};
 
 use crate::commands::resolve_pretrained;
-use crate::{IndexArgs, QueryArgs, RetrievalArgs};
+use crate::{IndexArgs, Placement, QueryArgs, RetrievalArgs};
 
-pub fn retrieval<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: String) -> Result<()> {
+pub fn retrieval<B: Backend>(a: RetrievalArgs, device: B::Device, place: Placement) -> Result<()> {
     let mut caches: Vec<SharedCache> = Vec::new();
     for (path, key, result) in a.pending()? {
         let recipe = CbirRecipe::load(path)?;
-        let ctx = a.context(&key, recipe.model.backbone, &device_name)?;
+        let ctx = a.context(&key, recipe.model.backbone, &place)?;
         let Some(record) = run_recipe::<Autodiff<B>>(&recipe, &ctx, &mut caches, &device).with_context(|| format!("recipe {}", path.display()))? else {
             continue;
         };

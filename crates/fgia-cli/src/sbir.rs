@@ -13,9 +13,9 @@ use fgia_sbir::recipe::SbirRecipe;
 use fgia_sbir::run::{embed_ten_views, run_recipe, trained_model};
 
 use crate::commands::resolve_pretrained;
-use crate::{RetrievalArgs, SbirIndexArgs, SbirQueryArgs};
+use crate::{Placement, RetrievalArgs, SbirIndexArgs, SbirQueryArgs};
 
-pub fn sbir<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: String) -> Result<()> {
+pub fn sbir<B: Backend>(a: RetrievalArgs, device: B::Device, place: Placement) -> Result<()> {
     // Read every recipe first: errors surface before any work.
     let mut todo = Vec::new();
     for (path, key, result) in a.pending()? {
@@ -25,7 +25,7 @@ pub fn sbir<B: Backend>(a: RetrievalArgs, device: B::Device, device_name: String
     // The recipes of one set share its views through the trunk.
     let mut views = Vec::new();
     for (path, key, result, recipe) in todo {
-        let ctx = a.context(&key, recipe.model.backbone, &device_name)?;
+        let ctx = a.context(&key, recipe.model.backbone, &place)?;
         let record = match run_recipe::<Autodiff<B>>(&recipe, &ctx, &mut views, &device) {
             Ok(Some(r)) => r,
             Ok(None) => continue,

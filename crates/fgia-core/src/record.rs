@@ -72,6 +72,68 @@ pub struct Protocol {
     /// The loss, where a table compares losses (Table 6: the triplet loss or HOLEF).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<String>,
+    /// Data parallelism over several devices: replicas, how batches and gradients are split and
+    /// combined, and whether batch-norm statistics are per replica or synchronised. `None`: one
+    /// device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_parallel: Option<String>,
+}
+
+/// One operator on a device against the CPU (`fgia check-device`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceAgreement {
+    /// Backbone or operator name.
+    pub name: String,
+    /// `backbone trunk (training mode)` or `pooling`.
+    pub kind: String,
+    /// Input shape.
+    pub shape: Vec<usize>,
+    /// `max |device - cpu| / max |cpu|` of the output.
+    pub forward_rel: f64,
+    /// The same for the gradient with respect to the input.
+    pub backward_rel: f64,
+    /// The accepted largest relative difference.
+    pub tolerance: f64,
+    /// Both within the tolerance.
+    pub pass: bool,
+}
+
+/// One timed training step (`fgia check-device`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// Backbone.
+    pub backbone: String,
+    /// Input side, pixels.
+    pub side: usize,
+    /// Batch.
+    pub batch: usize,
+    /// Median milliseconds per step (forward, loss, backward, SGD update).
+    pub median_ms: f64,
+    /// Images per second at the median.
+    pub images_per_s: f64,
+    /// Timed steps (after two warm-up steps).
+    pub steps: usize,
+}
+
+/// What `fgia check-device` measured on one machine; `results/environment/*.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentReport {
+    /// The checked device, in words.
+    pub device: String,
+    /// What it was compared with.
+    pub reference: String,
+    /// burn version.
+    pub burn_version: String,
+    /// Code revision.
+    pub git_revision: String,
+    /// When (UTC, RFC 3339).
+    pub created_utc: String,
+    /// Small shapes (a test of the check itself), not the real sizes.
+    pub quick: bool,
+    /// Forward and backward agreement per backbone and pooling operator.
+    pub checks: Vec<DeviceAgreement>,
+    /// Training-step times per backbone and side.
+    pub timings: Vec<StepTiming>,
 }
 
 /// One measured result.
@@ -324,6 +386,7 @@ mod tests {
                 mode: FeatureMode::EndToEnd,
                 trained_from_stage: None,
                 loss: None,
+                data_parallel: None,
             },
             seed: 0,
             metrics: [("top1".to_string(), 50.0)].into_iter().collect(),

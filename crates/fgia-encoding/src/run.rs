@@ -20,6 +20,7 @@ use fgia_nn::{Network, NetworkConfig};
 use fgia_train::engine::{self, BatchSource, EngineSpec, HostBatch, OptimizerSpec, ParamGroup, RunIo, Sampler, StepLoss, TrainMethod, open_run_dir};
 use fgia_train::eval::{EvalOutput, tta_probabilities};
 use fgia_train::frozen_cache::{CacheSpec, FrozenCache};
+use fgia_train::parallel::{split_items, split_rows};
 use fgia_train::recipe::describe_transform;
 use fgia_train::sources::ImageSource;
 use fgia_train::{RunContext, TrainError};
@@ -177,6 +178,44 @@ impl HostBatch for EncodingBatch {
     }
     fn skipped(&self) -> usize {
         self.skipped
+    }
+    /// Chunks of the items; each chunk draws its in-batch randomness from the batch seed and
+    /// its index.
+    fn split(self, sizes: &[usize]) -> Vec<Self> {
+        let split_taps = |m: &BTreeMap<usize, Vec<f32>>| -> Vec<BTreeMap<usize, Vec<f32>>> {
+            let mut out = vec![BTreeMap::new(); sizes.len()];
+            for (s, v) in m {
+                let [c, h, w] = self.shapes[s];
+                for (o, part) in out.iter_mut().zip(split_rows(v, c * h * w, sizes)) {
+                    o.insert(*s, part);
+                }
+            }
+            out
+        };
+        let per_px = 3 * self.side * self.side;
+        let mut taps: Vec<Option<BTreeMap<usize, Vec<f32>>>> = match &self.taps {
+            Some(t) => split_taps(t).into_iter().map(Some).collect(),
+            None => vec![None; sizes.len()],
+        };
+        let edited_taps: Vec<Vec<BTreeMap<usize, Vec<f32>>>> = self.edited_taps.iter().map(|m| split_taps(m)).collect();
+        let pixels = if self.pixels.is_empty() { vec![Vec::new(); sizes.len()] } else { split_rows(&self.pixels, per_px, sizes) };
+        let edited_pixels: Vec<Vec<Vec<f32>>> = self.edited_pixels.iter().map(|v| split_rows(v, per_px, sizes)).collect();
+        let labels = split_items(&self.labels, sizes);
+        let permutations = split_items(&self.permutations, sizes);
+        (0..sizes.len())
+            .map(|i| EncodingBatch {
+                taps: taps[i].take(),
+                edited_taps: edited_taps.iter().map(|e| e[i].clone()).collect(),
+                shapes: self.shapes.clone(),
+                pixels: pixels[i].clone(),
+                edited_pixels: edited_pixels.iter().map(|e| e[i].clone()).collect(),
+                side: self.side,
+                labels: labels[i].clone(),
+                permutations: permutations[i].clone(),
+                seed: self.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                skipped: if i == 0 { self.skipped } else { 0 },
+            })
+            .collect()
     }
 }
 
@@ -757,6 +796,7 @@ pub fn run_recipe<B: AutodiffBackend>(
             },
             trained_from_stage: (!end_to_end && method.fine_tunes_last_stage()).then_some(f),
             loss: None,
+            data_parallel: ctx.data_parallel(),
         },
         seed: t.seed,
         metrics,

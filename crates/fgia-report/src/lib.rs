@@ -7,6 +7,7 @@
 //! every number on it comes from a record or the reference file.
 
 pub mod charts;
+pub mod environment;
 pub mod reference;
 pub mod table2;
 pub mod table5;
@@ -80,7 +81,7 @@ pub fn load_records(results: &Path) -> (Vec<Loaded>, Vec<String>) {
     let Ok(tables) = std::fs::read_dir(results) else { return (ok, bad) };
     let mut files: Vec<PathBuf> = tables
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir() && e.file_name() != "runs")
+        .filter(|e| e.path().is_dir() && !["runs", "environment", "sweeps"].iter().any(|d| e.file_name() == *d))
         .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().filter_map(|f| f.ok()).map(|f| f.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
@@ -160,7 +161,7 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
     let reference = read_reference(reference_csv)?;
     let (records, unreadable) = load_records(results);
     let mut summary = Summary { records: records.len(), unreadable, ..Default::default() };
-    let nav = "<a href=\"index.html\">Index</a><a href=\"table2.html\">Table 2</a><a href=\"table4.html\">Table 4</a><a href=\"table5.html\">Table 5</a><a href=\"table6.html\">Table 6</a>";
+    let nav = "<a href=\"index.html\">Index</a><a href=\"table2.html\">Table 2</a><a href=\"table4.html\">Table 4</a><a href=\"table5.html\">Table 5</a><a href=\"table6.html\">Table 6</a><a href=\"environment.html\">Environment</a>";
 
     // Table 2: recognition, §5.1 and §5.2.
     let t2: Vec<&Loaded> = records.iter().filter(|l| l.record.table == "table2").collect();
@@ -189,6 +190,11 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
     let body = table6::table6_body(&t6, &t6_ref, out)?;
     write(&out.join("table6.html"), &page("Table 6: fine-grained sketch-based image retrieval (acc@K)", nav, &body))?;
     summary.pages.push(out.join("table6.html"));
+
+    // Devices: agreement with the CPU and training-step times.
+    let env = environment::load(results, &mut summary.unreadable);
+    write(&out.join("environment.html"), &page("Environment: devices checked against the CPU", nav, &environment::body(&env, out)?))?;
+    summary.pages.push(out.join("environment.html"));
 
     // One page per run.
     for l in &records {
@@ -224,6 +230,11 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
         body,
         "<li><a href=\"table6.html\">Table 6</a>: sketch-based retrieval, acc@K on QMUL-Shoe and QMUL-Chair ({} runs)</li>",
         by_table.get("table6").copied().unwrap_or(0)
+    );
+    let _ = writeln!(
+        body,
+        "<li><a href=\"environment.html\">Environment</a>: devices checked against the CPU, forward and backward, with training-step times ({} reports)</li>",
+        env.len()
     );
     body.push_str("</ul>\n<h2>Runs</h2>\n");
     if records.is_empty() {

@@ -26,6 +26,7 @@ use fgia_core::rng::SplitMix64;
 use fgia_nn::NetworkConfig;
 use fgia_nn::weights::load_network;
 use fgia_train::engine::{self, Decay, EngineSpec, HostBatch, LrSchedule, OptimizerSpec, ParamGroup, Sampler, StepLoss, TrainMethod, Trained};
+use fgia_train::parallel::split_rows;
 use fgia_train::{RunContext, TrainError};
 
 use crate::dssa::{DssaHead, DssaHeadConfig, Holef};
@@ -58,6 +59,16 @@ impl HostBatch for TripletBatch {
     }
     fn skipped(&self) -> usize {
         0
+    }
+    fn split(self, sizes: &[usize]) -> Vec<Self> {
+        let per = self.crop.map_or(self.dim, |c| 3 * c * c);
+        let (a, p, n) = (split_rows(&self.anchors, per, sizes), split_rows(&self.pos, per, sizes), split_rows(&self.neg, per, sizes));
+        a.into_iter()
+            .zip(p)
+            .zip(n)
+            .zip(sizes)
+            .map(|(((anchors, pos), neg), &n)| TripletBatch { anchors, pos, neg, n, dim: self.dim, crop: self.crop })
+            .collect()
     }
 }
 
@@ -511,6 +522,7 @@ pub fn run_recipe<B: AutodiffBackend>(
             mode: r.model.mode,
             trained_from_stage: None,
             loss: Some(format!("{}, margin {}", t.loss.describe(), t.margin)),
+            data_parallel: ctx.data_parallel(),
         },
         seed: t.seed,
         metrics,

@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clip::{global_grad_norm, scale_gradients};
 use crate::error::TrainError;
+use crate::parallel::Replicas;
 
 /// Batches loaded ahead of the training step.
 pub const PREFETCH: usize = 2;
@@ -312,6 +313,11 @@ pub trait HostBatch: Send {
     }
     /// Items of the planned batch that were skipped (undecodable images).
     fn skipped(&self) -> usize;
+    /// Splits the batch into contiguous chunks of `sizes` items (summing to [`Self::len`]), in
+    /// order, for data parallelism ([`crate::parallel`]); the skip count goes to the first.
+    fn split(self, sizes: &[usize]) -> Vec<Self>
+    where
+        Self: Sized;
 }
 
 /// Where training batches come from: decoded images, cached maps, pairs.
@@ -469,13 +475,20 @@ impl<M: TrainMethod<B>, B: AutodiffBackend> Stepper<M, B> {
 
     /// Step `k` of a batch at base learning rate `lr`. A non-finite loss or gradient norm
     /// returns what it was and its value, with no update.
-    pub fn step(&mut self, mut method: M, input: &M::Input, k: usize, lr: f64) -> Result<(M, StepReport), (&'static str, f64)> {
+    pub fn step(&mut self, method: M, input: &M::Input, k: usize, lr: f64) -> Result<(M, StepReport), (&'static str, f64)> {
         let out = method.loss(input, k);
         let value: f64 = out.loss.clone().into_scalar().elem();
         if !value.is_finite() {
             return Err(("loss", value));
         }
-        let mut groups = method.param_groups(out.loss.backward());
+        let groups = method.param_groups(out.loss.backward());
+        self.apply(method, groups, value, out.hits, lr)
+    }
+
+    /// The update of one step from its gradient groups (one device's, or the replicas' sum):
+    /// a non-finite global norm returns it with no update; else clipping, then each group at
+    /// its learning rate.
+    pub fn apply(&mut self, mut method: M, mut groups: Vec<ParamGroup>, value: f64, hits: Option<usize>, lr: f64) -> Result<(M, StepReport), (&'static str, f64)> {
         let norm = groups.iter().map(|g| global_grad_norm::<B, M>(&method, &g.grads)).fold(0.0f64, f64::hypot);
         if !norm.is_finite() {
             return Err(("gradient norm", norm));
@@ -492,7 +505,7 @@ impl<M: TrainMethod<B>, B: AutodiffBackend> Stepper<M, B> {
                 method = self.optim.step(rate, method, g.grads);
             }
         }
-        Ok((method, StepReport { loss: value, hits: out.hits, grad_norm: norm }))
+        Ok((method, StepReport { loss: value, hits, grad_norm: norm }))
     }
 }
 
@@ -509,6 +522,9 @@ pub struct RunIo {
     pub label: String,
     /// Stop (as if killed) after this many epochs of this session; for tests of resume.
     pub stop_after_epochs: Option<usize>,
+    /// Data parallelism: indices of the devices (of the main device's kind) holding one replica
+    /// each; fewer than two train on the main device alone ([`crate::parallel`]).
+    pub replicas: Vec<u16>,
 }
 
 /// State saved with each checkpoint.
@@ -689,7 +705,7 @@ pub fn train<B, M, S>(
     io: &RunIo,
     mut method: M,
     source: &S,
-    mut epoch_eval: Option<EpochEval<'_, M>>,
+    epoch_eval: Option<EpochEval<'_, M>>,
     device: &B::Device,
 ) -> Result<Trained<M>, TrainError>
 where
@@ -718,7 +734,47 @@ where
         // Drop metric lines of epochs after the checkpoint (a kill can leave one).
         truncate_metrics(&metrics_path, start_epoch)?;
     }
-    let mut stepper = Stepper { optim, clip_grad_norm: spec.clip_grad_norm };
+    let stepper = Stepper { optim, clip_grad_norm: spec.clip_grad_norm };
+    let devices = crate::parallel::replica_devices::<B>(device, &io.replicas);
+    if devices.len() > 1 {
+        // Materialise lazily initialised parameters once: each replica's fork of an
+        // unmaterialised parameter would draw its own values.
+        method = method.fork(device);
+    }
+    std::thread::scope(|scope| {
+        let replicas = (devices.len() > 1).then(|| Replicas::spawn::<B>(scope, &devices, device));
+        train_epochs(spec, io, method, source, epoch_eval, device, stepper, replicas, start_epoch, wall_before)
+    })
+}
+
+/// A batch ready for its steps: one device's input, or the replicas that take the batch at
+/// its first step.
+enum Prepared<'r, I, M, H> {
+    One(I),
+    Split(&'r mut Replicas<M, H>, Option<H>),
+}
+
+/// The epochs of [`train`] from `start_epoch`, on one device or over `replicas`.
+#[allow(clippy::too_many_arguments)]
+fn train_epochs<B, M, S>(
+    spec: &EngineSpec,
+    io: &RunIo,
+    mut method: M,
+    source: &S,
+    mut epoch_eval: Option<EpochEval<'_, M>>,
+    device: &B::Device,
+    mut stepper: Stepper<M, B>,
+    mut replicas: Option<Replicas<M, S::Batch>>,
+    start_epoch: usize,
+    wall_before: f64,
+) -> Result<Trained<M>, TrainError>
+where
+    B: AutodiffBackend,
+    M: TrainMethod<B, Batch = S::Batch>,
+    S: BatchSource,
+{
+    let run_dir = &io.run_dir;
+    let metrics_path = run_dir.join("metrics.jsonl");
     let labels = source.labels();
     let per_epoch = spec.sampler.plan(labels, spec.seed, 0).len().max(1);
     let started = Instant::now();
@@ -741,10 +797,18 @@ where
             let factor = spec.schedule.factor(spec.epochs, per_epoch, epoch * per_epoch + step.min(per_epoch - 1));
             lr_now = spec.lr * factor;
             images += n;
-            let input = method.prepare(batch, device);
+            let mut prepared = match replicas.as_mut() {
+                None => Prepared::One(method.prepare(batch, device)),
+                Some(r) => Prepared::Split(r, Some(batch)),
+            };
             for k in 0..method.steps() {
-                let (next, report) =
-                    stepper.step(method.clone(), &input, k, lr_now).map_err(|(what, value)| TrainError::NonFinite { epoch: epoch + 1, step, what, value })?;
+                let stepped = match &mut prepared {
+                    Prepared::One(input) => stepper.step(method.clone(), input, k, lr_now),
+                    Prepared::Split(r, batch) => {
+                        r.step::<B>(&method, batch.take(), k).and_then(|(groups, loss, hits)| stepper.apply(method.clone(), groups, loss, hits, lr_now))
+                    }
+                };
+                let (next, report) = stepped.map_err(|(what, value)| TrainError::NonFinite { epoch: epoch + 1, step, what, value })?;
                 method = next;
                 norm_sum += report.grad_norm;
                 norm_n += 1;
@@ -905,6 +969,9 @@ mod tests {
         }
         fn skipped(&self) -> usize {
             0
+        }
+        fn split(self, sizes: &[usize]) -> Vec<Self> {
+            sizes.iter().map(|_| Empty).collect()
         }
     }
 

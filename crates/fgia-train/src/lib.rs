@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod frozen_cache;
+pub mod parallel;
 pub mod recipe;
 pub mod sources;
 pub mod trainer;

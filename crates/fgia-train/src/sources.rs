@@ -8,6 +8,7 @@ use fgia_core::imaging::{Transform, ViewGeometry, load_batch};
 use crate::engine::{BatchSource, HostBatch};
 use crate::error::TrainError;
 use crate::frozen_cache::{FrozenCache, PixelEdit};
+use crate::parallel::{split_items, split_rows};
 
 /// `[n, C, H, W]` floats (pixels or cached maps) with their labels.
 #[derive(Debug, Clone)]
@@ -34,6 +35,15 @@ impl HostBatch for MapBatch {
     }
     fn skipped(&self) -> usize {
         self.skipped
+    }
+    fn split(self, sizes: &[usize]) -> Vec<Self> {
+        let [_, c, h, w] = self.shape;
+        let data = split_rows(&self.data, c * h * w, sizes);
+        let (labels, items, geometry) = (split_items(&self.labels, sizes), split_items(&self.items, sizes), split_items(&self.geometry, sizes));
+        let parts = data.into_iter().zip(labels).zip(items).zip(geometry).zip(sizes).enumerate();
+        parts
+            .map(|(i, ((((data, labels), items), geometry), &n))| MapBatch { data, shape: [n, c, h, w], labels, items, skipped: if i == 0 { self.skipped } else { 0 }, geometry })
+            .collect()
     }
 }
 

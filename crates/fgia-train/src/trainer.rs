@@ -47,6 +47,8 @@ pub struct RunContext {
     pub progress: bool,
     /// Stop (as if killed) after this many epochs of this session; for tests of resume.
     pub stop_after_epochs: Option<usize>,
+    /// Data parallelism: one replica per device; fewer than two train on the main device alone.
+    pub replicas: Vec<crate::parallel::ReplicaDevice>,
 }
 
 impl RunContext {
@@ -58,7 +60,13 @@ impl RunContext {
             progress: self.progress,
             label: label.to_string(),
             stop_after_epochs: self.stop_after_epochs,
+            replicas: self.replicas.iter().map(|r| r.index).collect(),
         }
+    }
+
+    /// The protocol's data-parallel line, or `None` on one device.
+    pub fn data_parallel(&self) -> Option<String> {
+        crate::parallel::describe(&self.replicas.iter().map(|r| r.name.clone()).collect::<Vec<_>>())
     }
 
     /// The pretrained weights file, required by the families that start from ImageNet weights.
@@ -365,6 +373,7 @@ fn result_record(recipe: &Recipe, dataset: &Dataset, eval: &EvalOutput, ctx: &Ru
             mode: if recipe.model.freeze_stages == 0 { FeatureMode::EndToEnd } else { FeatureMode::Partial },
             trained_from_stage: (recipe.model.freeze_stages > 0).then_some(recipe.model.freeze_stages),
             loss: None,
+            data_parallel: ctx.data_parallel(),
         },
         seed: t.seed,
         metrics,

@@ -108,6 +108,47 @@ fn train_resume_eval_predict_embed_info() {
 }
 
 #[test]
+fn two_cpu_replicas_train_data_parallel_and_the_record_says_how() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("cub");
+    tiny_cub(&data);
+    let recipe = dir.path().join("tiny.toml");
+    std::fs::write(&recipe, RECIPE).expect("recipe");
+    let result = dir.path().join("dp.json");
+    let (run, data_s, recipe_s) = (dir.path().join("run"), data.to_str().expect("utf8"), recipe.to_str().expect("utf8"));
+    let args = ["train", "--recipe", recipe_s, "--run-dir", run.to_str().expect("utf8"), "--data-root", data_s, "--quiet", "--result", result.to_str().expect("utf8")];
+    ok(&fgia(&[&["--devices", "cpu,cpu"][..], &args[..]].concat()));
+    let record = fgia_core::record::ResultRecord::read(&result).expect("record");
+    let dp = record.protocol.data_parallel.clone().unwrap_or_default();
+    assert!(dp.contains("2 replicas (cpu, cpu)") && dp.contains("batch-norm statistics per replica"), "{dp}");
+    assert!(record.device.contains("2 replicas"), "{}", record.device);
+    assert!(record.metrics["top1"].is_finite());
+    // A device list of another kind than --device is refused before any work.
+    let bad = fgia(&["--devices", "cuda:0,cuda:1", "info", "--backbone", "resnet18"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("is not a cpu device"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+#[test]
+fn check_device_compares_every_backbone_and_operator_with_the_cpu_and_times_a_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("env.json");
+    ok(&fgia(&["check-device", "--quick", "--out", out.to_str().expect("utf8")]));
+    let r: fgia_core::record::EnvironmentReport = serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("parses");
+    assert!(r.quick && r.device.starts_with("cpu"));
+    let names: Vec<&str> = r.checks.iter().map(|c| c.name.as_str()).collect();
+    for n in ["resnet50", "vgg16", "efficientnet-lite0", "bcnn", "hbp", "isqrt-cov", "mpn-cov", "grouped-bilinear", "compact-bilinear-rm", "kernel-pooling", "lrbp"] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    // The CPU against itself, with the weights moved through their records: exactly equal, so
+    // the transfer carries every parameter.
+    for c in &r.checks {
+        assert!(c.pass && c.forward_rel == 0.0 && c.backward_rel == 0.0, "{c:?}");
+    }
+    assert_eq!(r.timings.len(), 5);
+    assert!(r.timings.iter().all(|t| t.median_ms > 0.0 && t.images_per_s > 0.0));
+}
+
+#[test]
 fn a_bad_recipe_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let recipe = dir.path().join("bad.toml");

@@ -31,6 +31,7 @@ fn record(run_dir: &Path, res: u32, paper: u32, seed: u64, top1: f64) -> ResultR
             mode: fgia_core::record::FeatureMode::Frozen,
             trained_from_stage: None,
             loss: None,
+            data_parallel: None,
         },
         seed,
         metrics: BTreeMap::from([("top1".to_string(), top1)]),
@@ -235,4 +236,36 @@ fn table6_page_keeps_survey_and_released_rows_apart_and_draws_acc_at_k() {
     assert!(t6.contains("QMUL-Handbag") && t6.contains("not run on this set"));
     let index = std::fs::read_to_string(out.join("index.html")).expect("index");
     assert!(index.contains("table6.html") && index.contains("3 runs"));
+}
+
+#[test]
+fn the_environment_page_shows_each_devices_checks_and_step_times() {
+    use fgia_core::record::{DeviceAgreement, EnvironmentReport, StepTiming};
+    let dir = tempfile::tempdir().expect("tmp");
+    let results = dir.path().join("results");
+    std::fs::create_dir_all(results.join("environment")).expect("mkdir");
+    let check = |name: &str, f: f64| DeviceAgreement { name: name.into(), kind: "pooling".into(), shape: vec![4, 256, 14, 14], forward_rel: f, backward_rel: f / 2.0, tolerance: 2e-3, pass: f <= 2e-3 };
+    let timing = |side: usize, ips: f64| StepTiming { backbone: "resnet50".into(), side, batch: 16, median_ms: 16_000.0 / ips, images_per_s: ips, steps: 5 };
+    let report = EnvironmentReport {
+        device: "cuda:0 (burn-cuda)".into(),
+        reference: "burn-flex on the CPU".into(),
+        burn_version: "0.21.0".into(),
+        git_revision: "abc".into(),
+        created_utc: "2026-12-07T00:00:00Z".into(),
+        quick: false,
+        checks: vec![check("bcnn", 1e-6), check("mpn-cov", 3e-2)],
+        timings: vec![timing(224, 400.0), timing(448, 110.0)],
+    };
+    fgia_core::record::write_json_atomic(&results.join("environment/gpu-cuda.json"), &report).expect("write");
+    // A record file elsewhere keeps rendering; the environment file is not taken for a record.
+    let out = dir.path().join("reports");
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/reference/survey-results.csv");
+    let s = fgia_report::render(&results, &reference, &out).expect("renders");
+    assert!(s.unreadable.is_empty(), "{:?}", s.unreadable);
+    let page = std::fs::read_to_string(out.join("environment.html")).expect("page");
+    assert!(page.contains("cuda:0 (burn-cuda)") && page.contains("1 of 2 checks within tolerance"), "{page}");
+    assert!(page.contains("mpn-cov") && page.contains("differs") && page.contains("3.0e-2"), "{page}");
+    assert!(page.contains("448 px") && page.contains("110.0") && page.contains("environment-0.svg"), "{page}");
+    assert!(out.join("environment-0.svg").is_file());
+    assert!(std::fs::read_to_string(out.join("index.html")).expect("index").contains("environment.html"));
 }

@@ -72,6 +72,7 @@ fn ctx(run_dir: &Path, data: &Path, resume: bool, stop: Option<usize>) -> RunCon
         git_revision: "test".into(),
         progress: false,
         stop_after_epochs: stop,
+        replicas: Vec::new(),
     }
 }
 
