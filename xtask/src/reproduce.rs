@@ -321,7 +321,9 @@ pub fn table6(ws: &Path, runner: &mut Runner, results_root: &Path, profile: Prof
         println!("Table 6 ({}), {set_name}: {} runs on {}", profile.name(), pending.len(), root.display());
         runner.run_recipes(device, "sbir", &runs, &results, &root, &pending).with_context(|| format!("Table 6 on {set_name}"))?;
     }
-    println!("Table 6 ({}): {:.0} s", profile.name(), started.elapsed().as_secs_f64());
+    if !runner.is_slurm() {
+        println!("Table 6 ({}): {:.0} s", profile.name(), started.elapsed().as_secs_f64());
+    }
     Ok(())
 }
 

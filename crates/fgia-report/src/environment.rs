@@ -96,10 +96,11 @@ pub fn body(reports: &[EnvironmentReport], out: &Path) -> Result<String, ReportE
                 dashed: false,
             })
             .collect();
-        if !series.is_empty() {
-            let mut sides: Vec<usize> = r.timings.iter().map(|t| t.side).collect();
-            sides.sort_unstable();
-            sides.dedup();
+        let mut sides: Vec<usize> = r.timings.iter().map(|t| t.side).collect();
+        sides.sort_unstable();
+        sides.dedup();
+        // A chart once there is a trend to see: two sides or more.
+        if sides.len() > 1 {
             let ticks: Vec<(f64, String)> = sides.iter().map(|&s| (s as f64, format!("{s}"))).collect();
             let svg = line_chart(&format!("Training images/s on {}", r.device), "input side (px)", "images/s", &series, Some(&ticks))?;
             let name = format!("environment-{i}.svg");

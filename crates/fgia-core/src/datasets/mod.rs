@@ -9,6 +9,7 @@
 mod aircraft;
 mod cars;
 mod cub;
+mod cub_attributes;
 mod dogs;
 mod list;
 mod qmul;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use aircraft::{AircraftSplit, read_aircraft};
 pub use cars::read_cars;
 pub use cub::read_cub;
+pub use cub_attributes::{ClassAttributes, read_class_attributes};
 pub use dogs::read_dogs;
 pub use list::{read_image_folder, read_list_files};
 pub use qmul::{SketchDataset, SketchSplit, TripletSampler, read_qmul};
