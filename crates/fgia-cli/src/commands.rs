@@ -35,6 +35,7 @@ pub fn run<B: Backend>(command: Command, device: B::Device, place: Placement) ->
         Command::Index(a) => retrieval::index::<B>(a, device),
         Command::Query(a) => retrieval::query::<B>(a, device),
         Command::Loader(a) => loader(a),
+        Command::Ask(a) => crate::ask::ask::<B>(a, device),
         Command::CheckDevice(a) => crate::device_check::check_device::<B>(a, device, place.name),
     }
 }
@@ -159,13 +160,13 @@ fn eval<B: Backend>(a: EvalArgs, device: B::Device) -> Result<()> {
 }
 
 /// A network ready for inference, with its class names and input transform.
-struct Loaded<B: Backend> {
-    network: Network<B>,
-    classes: Vec<String>,
-    transform: Transform,
+pub(crate) struct Loaded<B: Backend> {
+    pub(crate) network: Network<B>,
+    pub(crate) classes: Vec<String>,
+    pub(crate) transform: Transform,
 }
 
-fn load_for_inference<B: Backend>(run_dir: Option<&Path>, backbone: Option<&str>, resolution: Option<u32>, device: &B::Device) -> Result<Loaded<B>> {
+pub(crate) fn load_for_inference<B: Backend>(run_dir: Option<&Path>, backbone: Option<&str>, resolution: Option<u32>, device: &B::Device) -> Result<Loaded<B>> {
     match (run_dir, backbone) {
         (Some(dir), _) => {
             let t = load_trained::<B>(dir, device)?;

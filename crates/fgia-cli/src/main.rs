@@ -3,6 +3,7 @@
 //! The only crate that picks a burn backend: `Flex` on the CPU (default) and, with the `cuda`
 //! feature, `Cuda`. Everything below the command-line layer is generic over the backend.
 
+mod ask;
 mod commands;
 mod device_check;
 mod encoding;
@@ -69,6 +70,9 @@ enum Command {
     Index(IndexArgs),
     /// Search an index with query images: top-K with distances, and an HTML page.
     Query(QueryArgs),
+    /// The 20-questions game: the machine asks attribute questions chosen by expected
+    /// information gain and refines its guess with each answer (§5.3.3).
+    Ask(ask::AskArgs),
     /// Check the --device backend against the CPU: every backbone and pooling operator forward
     /// and backward with the same weights and inputs, then a timed training step per backbone;
     /// writes a JSON report for the environment page (`cargo xtask gpu-check` runs it on CUDA).

@@ -148,6 +148,55 @@ fn check_device_compares_every_backbone_and_operator_with_the_cpu_and_times_a_st
     assert!(r.timings.iter().all(|t| t.median_ms > 0.0 && t.images_per_s > 0.0));
 }
 
+/// Plays `fgia ask` over pipes as a user who has a bird of class `class` in mind and answers
+/// each question with the majority answer of that class's annotators; returns the final line.
+fn play_ask(root: &Path, class: usize, percent: &[Vec<f32>]) -> String {
+    use std::io::{Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fgia"))
+        .args(["ask", "--data-root", root.to_str().expect("utf8"), "--questions", "20"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("fgia ask");
+    let (mut stdin, mut stdout) = (child.stdin.take().expect("stdin"), child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte).expect("read") == 1 {
+        seen.push(byte[0] as char);
+        if seen.ends_with("[y/n/s/q] ") {
+            let q = seen.rsplit("(attribute ").next().and_then(|r| r.split(',').next()).and_then(|n| n.parse::<usize>().ok()).expect("attribute number");
+            let yes = percent[class][q - 1] > 50.0;
+            stdin.write_all(if yes { b"y\n" } else { b"n\n" }).expect("answer");
+        }
+    }
+    assert!(child.wait().expect("exit").success(), "{seen}");
+    assert!(seen.matches("[y/n/s/q]").count() >= 3, "{seen}");
+    seen.lines().last().unwrap_or_default().to_string()
+}
+
+#[test]
+fn ask_plays_twenty_questions_and_finds_the_bird_a_truthful_user_has_in_mind() {
+    let Some(shared) = fgia_core::datasets::shared_data_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().and_then(Path::parent).expect("ws")) else {
+        assert!(std::env::var("FGIA_REQUIRE_DATA").is_err(), "FGIA_REQUIRE_DATA is set but there is no shared data");
+        eprintln!("skipped: no shared data");
+        return;
+    };
+    let root = shared.join("cub-mini");
+    let ds = fgia_core::datasets::read_cub(&root, Default::default()).expect("cub-mini");
+    let attrs = fgia_core::datasets::read_class_attributes(&root, ds.classes.names.len()).expect("attributes");
+    let mut found = 0;
+    for class in [0, 13, 28, 39] {
+        let last = play_ask(&root, class, &attrs.percent);
+        assert!(last.starts_with("Answer after "), "{last}");
+        found += usize::from(last.contains(&ds.classes.names[class]));
+        eprintln!("class {}: {last}", ds.classes.names[class]);
+    }
+    assert!(found >= 3, "{found} of 4 birds found");
+    // Closed input ends the game cleanly.
+    let out = Command::new(env!("CARGO_BIN_EXE_fgia")).args(["ask", "--data-root", root.to_str().expect("utf8")]).stdin(std::process::Stdio::null()).output().expect("runs");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("(end of input)"));
+}
+
 #[test]
 fn a_bad_recipe_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");

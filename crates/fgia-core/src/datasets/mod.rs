@@ -11,6 +11,7 @@ mod cars;
 mod cub;
 mod cub_attributes;
 mod dogs;
+mod external;
 mod list;
 mod qmul;
 mod text;
@@ -27,6 +28,7 @@ pub use cars::read_cars;
 pub use cub::read_cub;
 pub use cub_attributes::{ClassAttributes, read_class_attributes};
 pub use dogs::read_dogs;
+pub use external::{GeoRecord, day_of_year, read_captions, read_inat_locations, read_webfg};
 pub use list::{read_image_folder, read_list_files};
 pub use qmul::{SketchDataset, SketchSplit, TripletSampler, read_qmul};
 

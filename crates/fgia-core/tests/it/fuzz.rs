@@ -1,10 +1,11 @@
-//! Fuzz targets of the MAT reader and the CUB and FGVC-Aircraft list parsers
+//! Fuzz targets of the MAT reader, the CUB and FGVC-Aircraft list parsers, CUB's attribute
+//! tables and the iNaturalist JSON reader
 //! ([`fgia_core::fuzz`]): every mutated input is a value or an error, never a panic.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fgia_core::datasets::{AircraftSplit, ReadOptions, read_aircraft, read_cub};
+use fgia_core::datasets::{AircraftSplit, ReadOptions, read_aircraft, read_class_attributes, read_cub, read_inat_locations};
 use fgia_core::fuzz;
 use fgia_core::mat::MatFile;
 use fgia_core::mat::write::{cell_column, column, string, struct_row, to_bytes};
@@ -94,4 +95,15 @@ fn fuzz_the_aircraft_lists() {
         ("data/images_box.txt", b"1000001 1 1 30 20\n1000002 5 5 10 10\n1000003 1 1 2 2\n".to_vec()),
     ];
     fuzz_lists("aircraft", &files, 200, |root, options| read_aircraft(root, AircraftSplit::TrainvalTest, true, options).map(|_| ()));
+}
+
+#[test]
+fn fuzz_the_attribute_and_inat_readers() {
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("attributes/attributes.txt", b"1 has_bill_shape::dagger\n2 has_wing_color::blue\n".to_vec()),
+        ("attributes/class_attribute_labels_continuous.txt", b"0.0 59.8\n100 2.5\n".to_vec()),
+    ];
+    fuzz_lists("cub-attributes", &files, 300, |root, _| read_class_attributes(root, 2).map(|_| ()));
+    let json = br#"{"images": [{"id": 1, "file_name": "a/1.jpg", "latitude": 37.7, "longitude": -122.4, "date": "2019-06-01 10:00:00"}, {"id": 2, "file_name": "b/2.jpg"}], "annotations": [{"image_id": 1, "category_id": 20}, {"image_id": 2, "category_id": 10}], "categories": [{"id": 20, "name": "b"}, {"id": 10, "name": "a"}]}"#;
+    fuzz_lists("inat-json", &[("train.json", json.to_vec())], 400, |root, _| read_inat_locations(&root.join("train.json"), root).map(|_| ()));
 }
