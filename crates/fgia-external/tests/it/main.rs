@@ -103,3 +103,75 @@ fn the_geo_prior_recovers_known_ranges_from_presence_only_data() {
         assert!(recall >= 0.8 && specificity >= 0.97, "species {c}: recall {recall:.2}, specificity {specificity:.3}");
     }
 }
+
+/// Pooled features held in memory, served as `[n, D, 1, 1]` map batches.
+struct Features {
+    data: Vec<f32>,
+    labels: Vec<usize>,
+    dim: usize,
+}
+
+impl fgia_train::engine::BatchSource for Features {
+    type Batch = fgia_train::sources::MapBatch;
+    fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+    fn load(&self, _: usize, _: usize, items: &[usize]) -> Result<Self::Batch, fgia_train::TrainError> {
+        let data = items.iter().flat_map(|&i| self.data[i * self.dim..(i + 1) * self.dim].iter().copied()).collect();
+        Ok(fgia_train::sources::MapBatch {
+            data,
+            shape: [items.len(), self.dim, 1, 1],
+            labels: items.iter().map(|&i| self.labels[i]).collect(),
+            items: items.to_vec(),
+            skipped: 0,
+            geometry: Vec::new(),
+        })
+    }
+}
+
+#[test]
+fn the_attribute_embedding_recognises_unseen_classes_from_their_attributes() {
+    use fgia_external::attribute_embedding::{AttributeEmbedding, SjeMethod, attribute_vectors, predict};
+    // 16 classes with 24 attributes each (percentages); images are a fixed linear map of their
+    // class's attributes plus noise. Classes 0..12 are seen, 12..16 unseen.
+    let (classes, attrs, dim, seen) = (16, 24, 20, 12);
+    let mut g = SplitMix64::new(5);
+    let percent: Vec<Vec<f32>> = (0..classes).map(|_| (0..attrs).map(|_| if g.coin() { 80.0 + 20.0 * g.next_f64() as f32 } else { 10.0 * g.next_f64() as f32 }).collect()).collect();
+    let phi = attribute_vectors(&percent);
+    let map: Vec<f32> = (0..dim * attrs).map(|_| g.next_f64() as f32 - 0.5).collect();
+    let image = |c: usize, g: &mut SplitMix64| -> Vec<f32> {
+        (0..dim).map(|d| (0..attrs).map(|a| map[d * attrs + a] * phi[c * attrs + a]).sum::<f32>() + 0.05 * (g.next_f64() as f32 - 0.5)).collect()
+    };
+    let (mut train_x, mut train_labels) = (Vec::new(), Vec::new());
+    for i in 0..seen * 20 {
+        train_x.extend(image(i % seen, &mut g));
+        train_labels.push(i % seen);
+    }
+    let (mut test, mut test_labels) = (Vec::new(), Vec::new());
+    for i in 0..(classes - seen) * 20 {
+        test.extend(image(seen + i % (classes - seen), &mut g));
+        test_labels.push(i % (classes - seen));
+    }
+    let device = Default::default();
+    let method = SjeMethod::<A> { model: AttributeEmbedding::new(dim, attrs, 1, &device), phi: phi[..seen * attrs].to_vec(), classes: seen };
+    let spec = EngineSpec {
+        epochs: 30,
+        lr: 0.05,
+        optimizer: OptimizerSpec::Sgd { momentum: 0.9, nesterov: false, weight_decay: 1e-4 },
+        schedule: LrSchedule::cosine(),
+        clip_grad_norm: 0.0,
+        seed: 2,
+        sampler: Sampler::Shuffled { batch_size: 32 },
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let io = RunIo { run_dir: dir.path().to_path_buf(), resume: false, progress: false, label: "sje".into(), stop_after_epochs: None, replicas: Vec::new() };
+    let source = Features { data: train_x, labels: train_labels, dim };
+    let Trained::Finished { method, epochs, .. } = train::<A, _, _>(&spec, &io, method, &source, None, &device).expect("trains") else {
+        panic!("not stopped");
+    };
+    let w = burn::module::AutodiffModule::valid(&method.model);
+    let zero_shot = predict(&w, test, dim, phi[seen * attrs..].to_vec(), classes - seen);
+    let acc = 100.0 * zero_shot.iter().zip(&test_labels).filter(|(p, l)| p == l).count() as f64 / test_labels.len() as f64;
+    eprintln!("attribute embedding: train top-1 {:.1} % (last epoch), zero-shot top-1 on 4 unseen classes {acc:.1} % (chance 25 %)", epochs.last().map_or(0.0, |e| e.train_top1));
+    assert!(acc >= 60.0, "zero-shot {acc} % (chance 25 %)");
+}
