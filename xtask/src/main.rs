@@ -53,7 +53,7 @@ enum Cmd {
     },
     /// Reproduce a survey table (trains, evaluates, then renders the report).
     Reproduce {
-        /// The table: table2, table4, table5 or table6.
+        /// The table: table2, table3, table4, table5 or table6.
         table: String,
         /// The CPU-sized profile on the small shared subsets (default).
         #[arg(long, conflicts_with = "full")]
@@ -304,7 +304,12 @@ fn main() -> Result<()> {
         Cmd::Weights { command: WeightsCmd::Fetch { backbone } } => fetch_weights(&backbone)?,
         Cmd::GpuCheck { out, batch } => {
             let fgia = cli_binary(&ws, "cuda")?;
-            let host = Command::new("hostname").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).filter(|h| !h.is_empty()).unwrap_or_else(|| "gpu".into());
+            let host = Command::new("hostname")
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "gpu".into());
             let out = out.unwrap_or_else(|| ws.join("results").join("environment").join(format!("{host}-cuda.json")));
             let status = Command::new(&fgia)
                 .args(["--device", "cuda", "check-device", "--batch", &batch.to_string(), "--out"])
@@ -327,8 +332,8 @@ fn main() -> Result<()> {
                 Device::Cpu => "cpu",
                 Device::Cuda => "cuda",
             };
-            if !["table2", "table4", "table5", "table6"].contains(&table.as_str()) {
-                bail!("unknown table '{table}' (this version reproduces: table2, table4, table5, table6)");
+            if !["table2", "table3", "table4", "table5", "table6"].contains(&table.as_str()) {
+                bail!("unknown table '{table}' (this version reproduces: table2, table3, table4, table5, table6)");
             }
             let results = results.unwrap_or_else(|| ws.join("results"));
             let fgia = cli_binary(&ws, device)?;
@@ -427,6 +432,17 @@ fn main() -> Result<()> {
                         bail!("no dataset selected");
                     }
                     table2::table2(&ws, &mut runner, &results, profile, seeds, device, &roots, &methods)?;
+                }
+                "table3" => {
+                    weights::fetch_lite0(&fgia_core::paths::weights_dir())?;
+                    let data_root = match profile {
+                        Profile::Smoke => reproduce::smoke_root(&ws, root.as_deref())?,
+                        Profile::Full => match root {
+                            Some(r) => r,
+                            None => download::download_dataset(&ws, "cub", &ws.join("datasets").join("downloads"), &[])?,
+                        },
+                    };
+                    reproduce::table3(&ws, &mut runner, &results, profile, seeds, device, &data_root)?;
                 }
                 "table6" => {
                     weights::fetch_lite0(&fgia_core::paths::weights_dir())?;

@@ -327,6 +327,71 @@ pub fn table6(ws: &Path, runner: &mut Runner, results_root: &Path, profile: Prof
     Ok(())
 }
 
+/// The noise rates of Table 3's noisy-label rows (percent), each run with both kinds of noise
+/// (0 % once).
+pub const TABLE3_NOISE: [u32; 3] = [0, 20, 40];
+
+/// The noise kinds of Table 3's noisy-label rows, by their recipe names.
+pub const TABLE3_NOISE_KINDS: [&str; 2] = ["pair", "symmetric"];
+
+/// The settings of one Table 3 recipe: `(key, recipe)`. A recipe with a `[noise]` section runs
+/// with clean labels and at every other rate of [`TABLE3_NOISE`] with each kind of
+/// [`TABLE3_NOISE_KINDS`] (its noise seed kept); the others once. The full profile runs the same
+/// heads on the full dataset and says so in the record.
+pub fn table3_settings(name: &str, template: &toml::Value, profile: Profile, seed: u64) -> Result<Vec<(String, toml::Value)>> {
+    let mut base = template.clone();
+    set(&mut base, "train", "seed", toml::Value::Integer(seed as i64))?;
+    if profile == Profile::Full {
+        set(&mut base, "data", "description", toml::Value::String("CUB-200-2011 full".into()))?;
+    }
+    let key = |suffix: &str| format!("{}-{name}{suffix}-seed{seed}", profile.name());
+    if base.get("noise").is_none() {
+        return Ok(vec![(key(""), base)]);
+    }
+    let mut out = Vec::new();
+    for rate in TABLE3_NOISE {
+        for kind in TABLE3_NOISE_KINDS {
+            if rate == 0 && kind != TABLE3_NOISE_KINDS[0] {
+                continue;
+            }
+            let mut r = base.clone();
+            set(&mut r, "noise", "rate", toml::Value::Float(f64::from(rate) / 100.0))?;
+            set(&mut r, "noise", "kind", toml::Value::String(kind.into()))?;
+            out.push((key(&if rate == 0 { "-clean".to_string() } else { format!("-{kind}{rate}") }), r));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs Table 3 (external information) on `root` (cub-mini for the smoke profile): every recipe
+/// of `recipes/table3/`, the noisy-label ones at every noise rate, in one `fgia external`
+/// process so that they share the backbone's pooled features.
+pub fn table3(ws: &Path, runner: &mut Runner, results_root: &Path, profile: Profile, seeds: usize, device: &str, root: &Path) -> Result<()> {
+    let results = results_root.join("table3");
+    let runs = results_root.join("runs").join("table3");
+    std::fs::create_dir_all(&results)?;
+    std::fs::create_dir_all(&runs)?;
+    let started = std::time::Instant::now();
+    let mut pending = Vec::new();
+    for name in recipe_names(ws, "table3")? {
+        let file = format!("recipes/table3/{name}.toml");
+        let template: toml::Value = toml::from_str(&std::fs::read_to_string(ws.join(&file))?).with_context(|| format!("{file}: invalid TOML"))?;
+        for seed in 0..seeds as u64 {
+            for (key, r) in table3_settings(&name, &template, profile, seed)? {
+                pending.extend(stage_recipe(&runs, &results, &key, &r)?);
+            }
+        }
+    }
+    if !pending.is_empty() {
+        println!("Table 3 ({}): {} runs on {}", profile.name(), pending.len(), root.display());
+        runner.run_recipes(device, "external", &runs, &results, root, &pending).context("Table 3")?;
+    }
+    if !runner.is_slurm() {
+        println!("Table 3 ({}): {:.0} s", profile.name(), started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
 /// The smoke data of Table 5: cub-mini (as for Table 4) and, when present, cars-mini.
 pub fn table5_smoke_roots(ws: &Path, root: Option<&Path>) -> Result<Vec<(&'static str, PathBuf)>> {
     let mut roots = vec![("cub", smoke_root(ws, root)?)];
@@ -404,6 +469,41 @@ mod tests {
         assert!(table6_setting(&bad, Profile::Smoke, 0).is_err());
         bad.as_table_mut().expect("table").remove("smoke");
         assert!(table6_setting(&bad, Profile::Smoke, 0).is_ok());
+    }
+
+    #[test]
+    fn table3_runs_the_noisy_label_recipes_at_every_rate_and_kind_and_the_others_once() {
+        let ws = crate::workspace();
+        let names = recipe_names(&ws, "table3").expect("recipes");
+        let mut keys = Vec::new();
+        for name in &names {
+            let template: toml::Value = toml::from_str(&std::fs::read_to_string(ws.join(format!("recipes/table3/{name}.toml"))).expect("read")).expect("toml");
+            let settings = table3_settings(name, &template, Profile::Smoke, 1).expect("settings");
+            let noisy = template.get("noise").is_some();
+            assert_eq!(settings.len(), if noisy { 1 + 2 * (TABLE3_NOISE.len() - 1) } else { 1 }, "{name}");
+            for (key, r) in &settings {
+                assert_eq!(r["train"]["seed"].as_integer(), Some(1));
+                if noisy {
+                    let rate = (r["noise"]["rate"].as_float().expect("rate") * 100.0).round() as u32;
+                    let kind = r["noise"]["kind"].as_str().expect("kind");
+                    let suffix = if rate == 0 { "-clean-seed1".to_string() } else { format!("-{kind}{rate}-seed1") };
+                    assert!(key.ends_with(&suffix), "{key}");
+                    assert_eq!(r["noise"]["seed"], template["noise"]["seed"], "{name}: the noise seed is kept");
+                }
+                keys.push(key.clone());
+            }
+        }
+        for m in ["cross-entropy", "co-teaching", "peer-learning"] {
+            for k in ["pair40", "symmetric40", "clean"] {
+                assert!(keys.contains(&format!("smoke-{m}-{k}-seed1")), "{keys:?}");
+            }
+        }
+        let mut unique = keys.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len());
+        let full = table3_settings("sje", &toml::from_str("[data]\n[train]\n").expect("toml"), Profile::Full, 0).expect("full");
+        assert_eq!(full[0].1["data"]["description"].as_str(), Some("CUB-200-2011 full"));
     }
 
     #[test]

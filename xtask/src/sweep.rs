@@ -80,7 +80,8 @@ impl Runner {
     pub fn run(&mut self, task: Task) -> Result<()> {
         match self {
             Runner::Local { fgia, rev } => {
-                let status = Command::new(&*fgia).args(&task.args).env("FGIA_GIT_REV", &*rev).status().with_context(|| format!("running {}", fgia.display()))?;
+                let status =
+                    Command::new(&*fgia).args(&task.args).env("FGIA_GIT_REV", &*rev).status().with_context(|| format!("running {}", fgia.display()))?;
                 if !status.success() {
                     bail!("{} failed ({status}); rerun the same command to resume it (finished settings are skipped)", task.key);
                 }
@@ -98,7 +99,8 @@ impl Runner {
     #[allow(clippy::too_many_arguments)]
     pub fn run_recipes(&mut self, device: &str, command: &str, runs: &Path, results: &Path, root: &Path, recipes: &[PathBuf]) -> Result<()> {
         let base = |recipes: &[PathBuf]| -> Vec<OsString> {
-            let mut a: Vec<OsString> = vec!["--device".into(), device.into(), command.into(), "--runs-dir".into(), runs.into(), "--results-dir".into(), results.into()];
+            let mut a: Vec<OsString> =
+                vec!["--device".into(), device.into(), command.into(), "--runs-dir".into(), runs.into(), "--results-dir".into(), results.into()];
             a.extend(["--data-root".into(), root.into(), "--resume".into()]);
             for p in recipes {
                 a.push("--recipe".into());
@@ -176,7 +178,12 @@ impl Runner {
             tasks: tasks.iter().map(|t| t.key.clone()).collect(),
         });
         state.write(&dir)?;
-        println!("submitted job array {job} ({} tasks: {}) from {}", tasks.len(), tasks.iter().map(|t| t.key.as_str()).collect::<Vec<_>>().join(", "), script_path.display());
+        println!(
+            "submitted job array {job} ({} tasks: {}) from {}",
+            tasks.len(),
+            tasks.iter().map(|t| t.key.as_str()).collect::<Vec<_>>().join(", "),
+            script_path.display()
+        );
         println!("follow it with: cargo xtask sweep status --results {}", results.display());
         println!("when it is done: cargo xtask report --results {}", results.display());
         Ok(())
@@ -232,7 +239,10 @@ fn sbatch_script(name: &str, o: &SlurmOptions, bin: &Path, logs: &Path, rev: &st
         s += &format!("  {i}) key={}; args=({}) ;;\n", quote(t.key.as_ref()), args.join(" "));
     }
     s += "  *) echo \"no task $SLURM_ARRAY_TASK_ID in this array\" >&2; exit 2 ;;\nesac\n";
-    s += &format!("echo \"[fgia sweep] task $SLURM_ARRAY_TASK_ID: $key on $(hostname), job ${{SLURM_ARRAY_JOB_ID:-?}}\"\nexec {} \"${{args[@]}}\"\n", quote(bin.as_os_str()));
+    s += &format!(
+        "echo \"[fgia sweep] task $SLURM_ARRAY_TASK_ID: $key on $(hostname), job ${{SLURM_ARRAY_JOB_ID:-?}}\"\nexec {} \"${{args[@]}}\"\n",
+        quote(bin.as_os_str())
+    );
     s
 }
 
@@ -440,7 +450,12 @@ mod tests {
     #[test]
     fn the_array_script_quotes_every_argument_and_maps_each_index_to_one_setting() {
         let tasks = vec![
-            Task { key: "a".into(), args: vec!["--device".into(), "cpu".into(), "train".into(), "/data/it's here".into()], result: "r/a.json".into(), run_dir: "runs/a".into() },
+            Task {
+                key: "a".into(),
+                args: vec!["--device".into(), "cpu".into(), "train".into(), "/data/it's here".into()],
+                result: "r/a.json".into(),
+                run_dir: "runs/a".into(),
+            },
             Task { key: "b".into(), args: vec!["encoding".into(), "--recipe".into(), "x y.toml".into()], result: "r/b.json".into(), run_dir: "runs/b".into() },
         ];
         let o = SlurmOptions { partition: Some("gpu".into()), gpus_per_task: Some(1), time: Some("04:00:00".into()), ..Default::default() };

@@ -99,7 +99,16 @@ pub fn setting(template: &toml::Value, method: &str, format: &str, profile: Prof
 /// Runs Table 2 for `profile` on `roots` (`(format, root)`), restricted to `methods`: every
 /// recipe of `recipes/table2/`.
 #[allow(clippy::too_many_arguments)]
-pub fn table2(ws: &Path, runner: &mut Runner, results_root: &Path, profile: Profile, seeds: usize, device: &str, roots: &[(&str, PathBuf)], methods: &[String]) -> Result<()> {
+pub fn table2(
+    ws: &Path,
+    runner: &mut Runner,
+    results_root: &Path,
+    profile: Profile,
+    seeds: usize,
+    device: &str,
+    roots: &[(&str, PathBuf)],
+    methods: &[String],
+) -> Result<()> {
     let all = recipe_names(ws, "table2")?;
     for m in methods {
         if !all.contains(m) {

@@ -31,7 +31,9 @@ fn run(cmd: &str, args: &[&str]) -> Option<String> {
 fn missing() -> Option<String> {
     match run("sinfo", &["-h", "-o", "%T"]) {
         None => return Some("no Slurm cluster answers `sinfo` (start one with `scripts/slurm-local.sh start`)".into()),
-        Some(s) if !s.lines().any(|l| ["idle", "mixed", "allocated"].contains(&l.trim())) => return Some(format!("no usable Slurm node (sinfo: {})", s.trim())),
+        Some(s) if !s.lines().any(|l| ["idle", "mixed", "allocated"].contains(&l.trim())) => {
+            return Some(format!("no usable Slurm node (sinfo: {})", s.trim()));
+        }
         Some(_) => {}
     }
     if run("sacct", &["-n", "-X", "-j", "1"]).is_none() {
@@ -111,7 +113,8 @@ fn a_slurm_sweep_runs_each_setting_once_and_a_cancelled_task_resumes_to_the_same
     assert!(!result.exists(), "the cancelled task ran to the end before the cancel landed (epoch {at_cancel})");
     let status = text(&xtask(&["sweep", "status", "--results", results_s]));
     eprintln!("after the cancel (at checkpoint {at_cancel}):\n{status}");
-    let state_of = |status: &str, k: &str| status.lines().find(|l| l.trim_start().starts_with(k)).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string());
+    let state_of =
+        |status: &str, k: &str| status.lines().find(|l| l.trim_start().starts_with(k)).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string());
     assert_eq!(state_of(&status, key).as_deref(), Some("cancelled"), "{status}");
     for px in [140, 168, 196] {
         assert_eq!(state_of(&status, &format!("smoke-efficientnet-lite0-{px}px-seed0")).as_deref(), Some("finished"), "{status}");
@@ -144,10 +147,12 @@ fn a_slurm_sweep_runs_each_setting_once_and_a_cancelled_task_resumes_to_the_same
         .output()
         .expect("fgia");
     assert!(out.status.success(), "{}", text(&out));
-    let (resumed, whole) = (fgia_core::record::ResultRecord::read(&result).expect("resumed"), fgia_core::record::ResultRecord::read(&reference).expect("reference"));
+    let (resumed, whole) =
+        (fgia_core::record::ResultRecord::read(&result).expect("resumed"), fgia_core::record::ResultRecord::read(&reference).expect("reference"));
     assert_eq!(resumed.metrics, whole.metrics, "the resumed record differs from the uninterrupted run's");
     assert_eq!((&resumed.protocol, &resumed.deviations), (&whole.protocol, &whole.deviations));
-    let (a, b) = (fgia_core::record::read_metrics(&run_dir).expect("metrics"), fgia_core::record::read_metrics(&dir.path().join("reference-run")).expect("metrics"));
+    let (a, b) =
+        (fgia_core::record::read_metrics(&run_dir).expect("metrics"), fgia_core::record::read_metrics(&dir.path().join("reference-run")).expect("metrics"));
     assert_eq!(a.len(), 15);
     for (x, y) in a.iter().zip(&b) {
         assert_eq!((x.epoch, x.train_loss, x.train_top1, x.grad_norm, x.lr), (y.epoch, y.train_loss, y.train_top1, y.grad_norm, y.lr), "epoch {}", x.epoch);

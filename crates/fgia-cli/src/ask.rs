@@ -66,7 +66,13 @@ pub fn ask<B: Backend>(a: AskArgs, device: B::Device) -> Result<()> {
         (Some(run), Some(image)) => {
             let m = crate::commands::load_for_inference::<B>(Some(run), None, None, &device)?;
             if m.classes != classes {
-                bail!("{}: the run was trained on {} classes that are not the {} classes of {}", run.display(), m.classes.len(), classes.len(), a.data_root.display());
+                bail!(
+                    "{}: the run was trained on {} classes that are not the {} classes of {}",
+                    run.display(),
+                    m.classes.len(),
+                    classes.len(),
+                    a.data_root.display()
+                );
             }
             let records = fgia_cbir::extract::records_for(std::slice::from_ref(image));
             let batch = load_batch(&records, &[0], &m.transform, 0, 0, false).with_context(|| image.display().to_string())?;

@@ -16,8 +16,8 @@ use fgia_train::eval::evaluate;
 use fgia_train::{Outcome, Recipe, RunContext, load_dataset, load_trained, train_and_evaluate};
 use serde::Serialize;
 
-use crate::{Command, EmbedArgs, Placement, EvalArgs, InfoArgs, LoaderArgs, PredictArgs, TrainArgs};
-use crate::{encoding, retrieval, sbir};
+use crate::{Command, EmbedArgs, EvalArgs, InfoArgs, LoaderArgs, Placement, PredictArgs, TrainArgs};
+use crate::{encoding, external, retrieval, sbir};
 
 /// Runs one command on backend `B` (training uses `Autodiff<B>`).
 pub fn run<B: Backend>(command: Command, device: B::Device, place: Placement) -> Result<()> {
@@ -30,6 +30,7 @@ pub fn run<B: Backend>(command: Command, device: B::Device, place: Placement) ->
         Command::Retrieval(a) => retrieval::retrieval::<B>(a, device, place),
         Command::Encoding(a) => encoding::encoding::<B>(a, device, place),
         Command::Sbir(a) => sbir::sbir::<B>(a, device, place),
+        Command::External(a) => external::external::<B>(a, device, place),
         Command::SbirIndex(a) => sbir::sbir_index::<B>(a, device),
         Command::SbirQuery(a) => sbir::sbir_query::<B>(a, device),
         Command::Index(a) => retrieval::index::<B>(a, device),

@@ -87,14 +87,21 @@ fn input_data(shape: [usize; 4], seed: u64) -> Vec<f32> {
 /// draw different masks on the two sides (every other layer is kept).
 fn deterministic<B: Backend>(kind: BackboneKind, device: &B::Device) -> Network<B> {
     match kind {
-        BackboneKind::EfficientNetLite0 => Network::EfficientNetLite(EfficientNetLiteConfig::new().with_num_classes(200).with_drop_connect(0.0).with_dropout(0.0).init(device)),
+        BackboneKind::EfficientNetLite0 => {
+            Network::EfficientNetLite(EfficientNetLiteConfig::new().with_num_classes(200).with_drop_connect(0.0).with_dropout(0.0).init(device))
+        }
         _ => NetworkConfig::new(kind).with_num_classes(200).init(device),
     }
 }
 
 /// Forward output and input gradient of `f` on `x` (the gradient of the output's weighted sum,
 /// so that every output element matters).
-fn forward_backward<B: AutodiffBackend, const D: usize>(x: Vec<f32>, shape: [usize; 4], device: &B::Device, f: impl Fn(Tensor<B, 4>) -> Tensor<B, D>) -> (Vec<f32>, Vec<f32>) {
+fn forward_backward<B: AutodiffBackend, const D: usize>(
+    x: Vec<f32>,
+    shape: [usize; 4],
+    device: &B::Device,
+    f: impl Fn(Tensor<B, 4>) -> Tensor<B, D>,
+) -> (Vec<f32>, Vec<f32>) {
     let x = Tensor::<B, 4>::from_data(TensorData::new(x, shape), device).require_grad();
     let y = f(x.clone());
     let dims = y.dims();
@@ -108,7 +115,15 @@ fn forward_backward<B: AutodiffBackend, const D: usize>(x: Vec<f32>, shape: [usi
 
 fn agreement(name: String, kind: &str, shape: [usize; 4], dev: (Vec<f32>, Vec<f32>), cpu: (Vec<f32>, Vec<f32>)) -> DeviceAgreement {
     let (f, b) = (rel_diff(&dev.0, &cpu.0), rel_diff(&dev.1, &cpu.1));
-    DeviceAgreement { name, kind: kind.into(), shape: shape.to_vec(), forward_rel: f, backward_rel: b, tolerance: TOLERANCE, pass: f <= TOLERANCE && b <= TOLERANCE }
+    DeviceAgreement {
+        name,
+        kind: kind.into(),
+        shape: shape.to_vec(),
+        forward_rel: f,
+        backward_rel: b,
+        tolerance: TOLERANCE,
+        pass: f <= TOLERANCE && b <= TOLERANCE,
+    }
 }
 
 /// The pooling operators of `fgia-encoding`, at one shape, on one backend.

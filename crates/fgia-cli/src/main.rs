@@ -7,6 +7,7 @@ mod ask;
 mod commands;
 mod device_check;
 mod encoding;
+mod external;
 mod npy;
 mod retrieval;
 mod sbir;
@@ -62,6 +63,10 @@ enum Command {
     /// Run sketch-based retrieval recipes (Table 6, §6.2): triplet training on QMUL Shoe or
     /// Chair, ten-view acc@K; one result record per recipe.
     Sbir(RetrievalArgs),
+    /// Run recipes with external information (Table 3, §5.3): cross-entropy, co-teaching and
+    /// Peer-learning on noisy labels, attribute embeddings (classifier and zero-shot), the
+    /// 20-questions game; one result record per recipe.
+    External(RetrievalArgs),
     /// Embed a folder of photos (edge maps) with a finished `fgia sbir` run, for `sbir-query`.
     SbirIndex(SbirIndexArgs),
     /// Rank the photos of an SBIR index for sketches: top-K with energies, and an HTML page.
@@ -197,6 +202,43 @@ impl RetrievalArgs {
             out.push((path.as_path(), key, result));
         }
         Ok(out)
+    }
+
+    /// Runs every pending recipe: all are read by `load` first (so a bad one fails before any
+    /// work), then each is trained and evaluated by `run` and its record written; `line` says
+    /// the result in one line. A failing recipe (a NaN loss, say) does not stop the others; the
+    /// command fails at the end, naming them.
+    fn run_all<R, E: std::fmt::Display>(
+        &self,
+        place: &Placement,
+        mut load: impl FnMut(&std::path::Path) -> Result<R>,
+        backbone: impl Fn(&R) -> fgia_nn::BackboneKind,
+        mut run: impl FnMut(&R, &fgia_train::RunContext) -> std::result::Result<Option<fgia_core::record::ResultRecord>, E>,
+        line: impl Fn(&fgia_core::record::ResultRecord) -> String,
+    ) -> Result<()> {
+        let mut todo = Vec::new();
+        for (path, key, result) in self.pending()? {
+            todo.push((path, key, result, load(path)?));
+        }
+        let mut failed = Vec::new();
+        for (path, key, result, recipe) in todo {
+            let ctx = self.context(&key, backbone(&recipe), place)?;
+            match run(&recipe, &ctx) {
+                Ok(Some(record)) => {
+                    record.write(&result)?;
+                    println!("{key}: {} on {}: {} in {:.0} s", record.method, record.data, line(&record), record.wall_time_s);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("{key}: failed: {e} (recipe {})", path.display());
+                    failed.push(key);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            anyhow::bail!("{} of the recipes failed: {}", failed.len(), failed.join(", "));
+        }
+        Ok(())
     }
 
     /// The run context of recipe `key`, whose trunk is `backbone`.
@@ -389,7 +431,11 @@ pub struct Placement {
 
 impl Placement {
     fn new(main: String, replicas: Vec<fgia_train::parallel::ReplicaDevice>) -> Self {
-        let name = if replicas.len() > 1 { format!("{main}; {} replicas: {}", replicas.len(), replicas.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")) } else { main };
+        let name = if replicas.len() > 1 {
+            format!("{main}; {} replicas: {}", replicas.len(), replicas.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "))
+        } else {
+            main
+        };
         Placement { name, replicas }
     }
 }
@@ -403,7 +449,11 @@ fn parse_devices(kind: DeviceArg, list: Option<&str>) -> Result<Vec<fgia_train::
         let index = match (kind, entry.split_once(':')) {
             (DeviceArg::Cpu, None) if entry == "cpu" => 0,
             (DeviceArg::Cuda, Some(("cuda", i))) => i.parse::<u16>().map_err(|_| anyhow::anyhow!("--devices: '{entry}' is not cuda:<index>"))?,
-            _ => anyhow::bail!("--devices: '{entry}' is not a {} device (write {})", if kind == DeviceArg::Cpu { "cpu" } else { "cuda" }, if kind == DeviceArg::Cpu { "cpu,cpu" } else { "cuda:0,cuda:1" }),
+            _ => anyhow::bail!(
+                "--devices: '{entry}' is not a {} device (write {})",
+                if kind == DeviceArg::Cpu { "cpu" } else { "cuda" },
+                if kind == DeviceArg::Cpu { "cpu,cpu" } else { "cuda:0,cuda:1" }
+            ),
         };
         if kind == DeviceArg::Cuda && out.iter().any(|r| r.index == index) {
             anyhow::bail!("--devices: {entry} is listed twice");

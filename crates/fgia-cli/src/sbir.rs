@@ -16,45 +16,27 @@ use crate::commands::resolve_pretrained;
 use crate::{Placement, RetrievalArgs, SbirIndexArgs, SbirQueryArgs};
 
 pub fn sbir<B: Backend>(a: RetrievalArgs, device: B::Device, place: Placement) -> Result<()> {
-    // Read every recipe first: errors surface before any work.
-    let mut todo = Vec::new();
-    for (path, key, result) in a.pending()? {
-        todo.push((path, key, result, SbirRecipe::load(path)?));
-    }
-    let mut failed = Vec::new();
     // The recipes of one set share its views through the trunk.
     let mut views = Vec::new();
-    for (path, key, result, recipe) in todo {
-        let ctx = a.context(&key, recipe.model.backbone, &place)?;
-        let record = match run_recipe::<Autodiff<B>>(&recipe, &ctx, &mut views, &device) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(e) => {
-                eprintln!("{key}: failed: {e} (recipe {})", path.display());
-                failed.push(key);
-                continue;
-            }
-        };
-        record.write(&result)?;
-        let g = |k: &str| record.metrics.get(k).copied().unwrap_or(f64::NAN);
-        println!(
-            "{key}: {} on {}: acc@1 {:.2} acc@10 {:.2} (one view: {:.2} / {:.2}; chance {:.2} / {:.2}), human triplets {:.1}% in order, in {:.0} s",
-            record.method,
-            record.data,
-            g("acc@1"),
-            g("acc@10"),
-            g("acc@1_1view"),
-            g("acc@10_1view"),
-            g("chance@1"),
-            g("chance@10"),
-            g("triplets_correct"),
-            record.wall_time_s
-        );
-    }
-    if !failed.is_empty() {
-        bail!("{} of the recipes failed: {}", failed.len(), failed.join(", "));
-    }
-    Ok(())
+    a.run_all(
+        &place,
+        |path| Ok(SbirRecipe::load(path)?),
+        |r| r.model.backbone,
+        |r, ctx| run_recipe::<Autodiff<B>>(r, ctx, &mut views, &device),
+        |record| {
+            let g = |k: &str| record.metrics.get(k).copied().unwrap_or(f64::NAN);
+            format!(
+                "acc@1 {:.2} acc@10 {:.2} (one view: {:.2} / {:.2}; chance {:.2} / {:.2}), human triplets {:.1}% in order",
+                g("acc@1"),
+                g("acc@10"),
+                g("acc@1_1view"),
+                g("acc@10_1view"),
+                g("chance@1"),
+                g("chance@10"),
+                g("triplets_correct")
+            )
+        },
+    )
 }
 
 /// The readable images among `paths`; the others are reported on stderr and skipped.

@@ -27,6 +27,9 @@
 //! **Deviations.** Attributes stand for the paper's sentences (a class has one attribute vector,
 //! so the image side's expectation over a class's texts is that vector); `θ` is the frozen
 //! ImageNet backbone's pooled feature, not a trained image encoder.
+//!
+//! Recipes: `recipes/table3/sje.toml` (a classifier over every class) and
+//! `recipes/table3/sje-zero-shot.toml` (a fixed quarter of the classes unseen in training).
 
 use burn::module::{Module, Param};
 use burn::prelude::*;

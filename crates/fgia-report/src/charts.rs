@@ -35,6 +35,22 @@ fn colour(i: usize) -> RGBColor {
     ][i % 10]
 }
 
+/// The corner of the plot with the fewest points in its part (the right or left 45 %, the
+/// lower or upper 45 %), for the legend; lower right on ties.
+fn legend_corner(points: &[(f64, f64, f64)], (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> SeriesLabelPosition {
+    let (w, h) = ((x1 - x0) * 0.45, (y1 - y0) * 0.45);
+    let corners = [
+        (SeriesLabelPosition::LowerRight, true, false),
+        (SeriesLabelPosition::UpperRight, true, true),
+        (SeriesLabelPosition::LowerLeft, false, false),
+        (SeriesLabelPosition::UpperLeft, false, true),
+    ];
+    let count = |right: bool, upper: bool| {
+        points.iter().filter(|p| (if right { p.0 >= x1 - w } else { p.0 <= x0 + w }) && (if upper { p.1 >= y1 - h } else { p.1 <= y0 + h })).count()
+    };
+    corners.into_iter().min_by_key(|&(_, right, upper)| count(right, upper)).map_or(SeriesLabelPosition::LowerRight, |c| c.0)
+}
+
 /// A line chart with points and error bars, as SVG text.
 /// With `x_ticks`, the x axis shows only those `(position, label)` pairs (positions should be
 /// whole numbers, for example category indices).
@@ -95,7 +111,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
             .configure_series_labels()
             .background_style(WHITE.mix(0.9))
             .border_style(RGBColor(200, 200, 200))
-            .position(SeriesLabelPosition::LowerRight)
+            .position(legend_corner(&all, (x0, x1), (y0, y1)))
             .draw()
             .map_err(draw_err)?;
         root.present().map_err(draw_err)?;
@@ -123,5 +139,13 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.contains("paper") && svg.contains("ours"));
         assert!(svg.contains("\n224\n") && svg.contains("\n280\n"), "tick labels drawn");
         assert!(line_chart("empty", "x", "y", &[], None).is_err());
+    }
+
+    #[test]
+    fn the_legend_goes_where_the_points_are_not() {
+        let falling = [(0.0, 9.0, 0.0), (1.0, 5.0, 0.0), (2.0, 1.0, 0.0)];
+        assert!(matches!(legend_corner(&falling, (0.0, 2.0), (0.0, 10.0)), SeriesLabelPosition::UpperRight));
+        let rising = [(0.0, 1.0, 0.0), (1.0, 5.0, 0.0), (2.0, 9.0, 0.0)];
+        assert!(matches!(legend_corner(&rising, (0.0, 2.0), (0.0, 10.0)), SeriesLabelPosition::LowerRight));
     }
 }

@@ -10,6 +10,7 @@ pub mod charts;
 pub mod environment;
 pub mod reference;
 pub mod table2;
+pub mod table3;
 pub mod table5;
 pub mod table6;
 
@@ -161,7 +162,7 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
     let reference = read_reference(reference_csv)?;
     let (records, unreadable) = load_records(results);
     let mut summary = Summary { records: records.len(), unreadable, ..Default::default() };
-    let nav = "<a href=\"index.html\">Index</a><a href=\"table2.html\">Table 2</a><a href=\"table4.html\">Table 4</a><a href=\"table5.html\">Table 5</a><a href=\"table6.html\">Table 6</a><a href=\"environment.html\">Environment</a>";
+    let nav = "<a href=\"index.html\">Index</a><a href=\"table2.html\">Table 2</a><a href=\"table3.html\">Table 3</a><a href=\"table4.html\">Table 4</a><a href=\"table5.html\">Table 5</a><a href=\"table6.html\">Table 6</a><a href=\"environment.html\">Environment</a>";
 
     // Table 2: recognition, §5.1 and §5.2.
     let t2: Vec<&Loaded> = records.iter().filter(|l| l.record.table == "table2").collect();
@@ -169,6 +170,13 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
     let body = table2::table2_body(&t2, &t2_ref)?;
     write(&out.join("table2.html"), &page("Table 2 (§5.1, §5.2): fine-grained recognition (top-1 accuracy)", nav, &body))?;
     summary.pages.push(out.join("table2.html"));
+
+    // Table 3: external information.
+    let t3: Vec<&Loaded> = records.iter().filter(|l| l.record.table == "table3").collect();
+    let t3_ref: Vec<&ReferenceValue> = reference.iter().filter(|r| r.table == "T3" && r.metric == "top1").collect();
+    let body = table3::table3_body(&t3, &t3_ref, out)?;
+    write(&out.join("table3.html"), &page("Table 3 (§5.3): recognition with external information", nav, &body))?;
+    summary.pages.push(out.join("table3.html"));
 
     // Table 4: accuracy against input size.
     let t4: Vec<&Loaded> = records.iter().filter(|l| l.record.table == "table4").collect();
@@ -215,6 +223,11 @@ pub fn render(results: &Path, reference_csv: &Path, out: &Path) -> Result<Summar
         body,
         "<li><a href=\"table2.html\">Table 2 (§5.1, §5.2)</a>: recognition: localization-classification (§5.1, not run yet) and feature encoding: high-order pooling, fine-grained losses, DCL and PMG ({} runs)</li>",
         by_table.get("table2").copied().unwrap_or(0)
+    );
+    let _ = writeln!(
+        body,
+        "<li><a href=\"table3.html\">Table 3 (§5.3)</a>: recognition with external information: noisy labels (cross-entropy, co-teaching, Peer-learning), attribute embeddings (classifier and zero-shot), 20 questions ({} runs)</li>",
+        by_table.get("table3").copied().unwrap_or(0)
     );
     let _ = writeln!(
         body,

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -488,7 +488,14 @@ impl<M: TrainMethod<B>, B: AutodiffBackend> Stepper<M, B> {
     /// The update of one step from its gradient groups (one device's, or the replicas' sum):
     /// a non-finite global norm returns it with no update; else clipping, then each group at
     /// its learning rate.
-    pub fn apply(&mut self, mut method: M, mut groups: Vec<ParamGroup>, value: f64, hits: Option<usize>, lr: f64) -> Result<(M, StepReport), (&'static str, f64)> {
+    pub fn apply(
+        &mut self,
+        mut method: M,
+        mut groups: Vec<ParamGroup>,
+        value: f64,
+        hits: Option<usize>,
+        lr: f64,
+    ) -> Result<(M, StepReport), (&'static str, f64)> {
         let norm = groups.iter().map(|g| global_grad_norm::<B, M>(&method, &g.grads)).fold(0.0f64, f64::hypot);
         if !norm.is_finite() {
             return Err(("gradient norm", norm));
@@ -736,15 +743,32 @@ where
     }
     let stepper = Stepper { optim, clip_grad_norm: spec.clip_grad_norm };
     let devices = crate::parallel::replica_devices::<B>(device, &io.replicas);
-    if devices.len() > 1 {
-        // Materialise lazily initialised parameters once: each replica's fork of an
-        // unmaterialised parameter would draw its own values.
-        method = method.fork(device);
-    }
+    // Lazily initialised parameters are drawn now, on this thread, from the run's seed: burn
+    // draws a parameter at its first use, and every clone or fork of an unused one draws its own
+    // values (the replicas would each train different weights).
+    B::seed(device, spec.seed);
+    materialize::<B, M>(&method);
     std::thread::scope(|scope| {
         let replicas = (devices.len() > 1).then(|| Replicas::spawn::<B>(scope, &devices, device));
         train_epochs(spec, io, method, source, epoch_eval, device, stepper, replicas, start_epoch, wall_before)
     })
+}
+
+/// Draws every lazily initialised parameter of `module` now, in the module's order.
+pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
+    struct Touch;
+    impl<B: Backend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+        fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
+            let _ = param.val();
+        }
+        fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<B, D, Bool>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
 }
 
 /// A batch ready for its steps: one device's input, or the replicas that take the batch at
@@ -781,7 +805,8 @@ where
     let mut this_session = 0;
     for epoch in start_epoch..spec.epochs {
         let epoch_start = Instant::now();
-        B::seed(device, spec.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        let epoch_seed = spec.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
+        B::seed(device, epoch_seed);
         let plan = spec.sampler.plan(labels, spec.seed, epoch);
         let bar = progress_bar(io.progress, plan.len() as u64, &format!("{} {}/{}", io.label, epoch + 1, spec.epochs));
         let (mut loss_sum, mut loss_n, mut hits, mut seen, mut norm_sum, mut norm_n, mut skipped) = (0.0f64, 0usize, 0usize, 0usize, 0.0f64, 0usize, 0usize);
@@ -804,9 +829,9 @@ where
             for k in 0..method.steps() {
                 let stepped = match &mut prepared {
                     Prepared::One(input) => stepper.step(method.clone(), input, k, lr_now),
-                    Prepared::Split(r, batch) => {
-                        r.step::<B>(&method, batch.take(), k).and_then(|(groups, loss, hits)| stepper.apply(method.clone(), groups, loss, hits, lr_now))
-                    }
+                    Prepared::Split(r, batch) => r
+                        .step::<B>(&method, batch.take(), k, epoch_seed.wrapping_mul(0x100_0193).wrapping_add((step * 64 + k) as u64))
+                        .and_then(|(groups, loss, hits)| stepper.apply(method.clone(), groups, loss, hits, lr_now)),
                 };
                 let (next, report) = stepped.map_err(|(what, value)| TrainError::NonFinite { epoch: epoch + 1, step, what, value })?;
                 method = next;

@@ -253,4 +253,68 @@ impl FrozenCache {
     pub fn has_flipped_test(&self) -> bool {
         !self.test_flipped.is_empty()
     }
+
+    /// The same cache with every tap's map averaged over its positions (the networks' global
+    /// average pooling): `[C, 1, 1]` per tap, for methods that read pooled features.
+    pub fn pooled(&self) -> FrozenCache {
+        let shapes = self.tap_shapes.clone();
+        let pool = |m: &Option<Vec<f32>>| -> Option<Vec<f32>> {
+            let m = m.as_ref()?;
+            let mut out = Vec::with_capacity(shapes.iter().map(|s| s[0]).sum());
+            let mut at = 0;
+            for &[c, h, w] in &shapes {
+                let hw = (h * w).max(1);
+                for ch in 0..c {
+                    let s: f64 = m[at + ch * hw..at + (ch + 1) * hw].iter().map(|&v| f64::from(v)).sum();
+                    out.push((s / hw as f64) as f32);
+                }
+                at += c * h * w;
+            }
+            Some(out)
+        };
+        let tap_shapes: Vec<[usize; 3]> = shapes.iter().map(|s| [s[0], 1, 1]).collect();
+        FrozenCache {
+            shape: tap_shapes.last().copied().unwrap_or([0; 3]),
+            taps: self.taps.clone(),
+            tap_shapes,
+            train: self.train.iter().map(pool).collect(),
+            views: self.views,
+            test: self.test.iter().map(pool).collect(),
+            test_flipped: self.test_flipped.iter().map(pool).collect(),
+        }
+    }
+
+    /// Test images.
+    pub fn test_len(&self) -> usize {
+        self.test.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_averages_each_taps_positions() {
+        // One image, one view, two taps: [1, 2, 2] then [2, 1, 2]; a missing test image.
+        let map = vec![1.0, 2.0, 3.0, 6.0, /* tap 2 */ 1.0, 3.0, -2.0, 0.0];
+        let cache = FrozenCache {
+            shape: [2, 1, 2],
+            taps: vec![3, 5],
+            tap_shapes: vec![[1, 2, 2], [2, 1, 2]],
+            train: vec![Some(map.clone())],
+            views: 1,
+            test: vec![Some(map), None],
+            test_flipped: Vec::new(),
+        };
+        let p = cache.pooled();
+        assert_eq!(p.shape, [2, 1, 1]);
+        assert_eq!(p.tap_shapes, vec![[1, 1, 1], [2, 1, 1]]);
+        assert_eq!(p.map_len(), 3);
+        assert_eq!(p.train_batch(&[0], 0, 0).0, vec![3.0, 2.0, -1.0]);
+        let (data, kept) = p.test_batch(&[0, 1], false);
+        assert_eq!((data, kept), (vec![3.0, 2.0, -1.0], vec![0]));
+        assert_eq!(p.test_len(), 2);
+        assert!(!p.has_flipped_test());
+    }
 }

@@ -21,9 +21,19 @@
 //! A worker is a thread for the whole run (not one per step), so that burn's per-thread slots of
 //! the running states stay stable.
 //!
+//! **Determinism.** Dropout and drop-connect draw from the backend's generator, which is one per
+//! process on the CPU, and the running states are shared by the replicas. So the replicas take
+//! their forward passes in turn, in device order (`Turn`): each seeds its device from the step's
+//! seed and its index, forks, prepares and runs the forward pass, then hands the turn on. The
+//! backward passes, which hold most of the work, run at the same time. The engine draws every
+//! lazily initialised parameter before the first step (`engine::materialize`): a fork of an
+//! unused parameter would draw its own values on each replica. The same seed then gives the same
+//! run, replica for replica.
+//!
 //! [`RunningState`]: burn::module::RunningState
 
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::Scope;
 
 use burn::module::AutodiffModule;
@@ -35,7 +45,8 @@ use crate::clip::scale_gradients;
 use crate::engine::{HostBatch, ParamGroup, TrainMethod};
 
 /// How batch norm behaves under data parallelism, for the record.
-pub const BATCH_NORM_POLICY: &str = "batch-norm statistics per replica (each normalises over its own chunk; not synchronised), running averages averaged over the replicas";
+pub const BATCH_NORM_POLICY: &str =
+    "batch-norm statistics per replica (each normalises over its own chunk; not synchronised), running averages averaged over the replicas";
 
 /// A device holding one replica: its index among the devices of its kind, and its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +111,54 @@ struct Job<M, H> {
     chunk: Option<H>,
     step: usize,
     weight: f64,
+    /// The step's seed, mixed with the replica's index by the worker.
+    seed: u64,
+}
+
+/// Whose forward pass it is: replica `i` runs its forward pass when the count is `i`.
+#[derive(Default)]
+struct Turn {
+    next: Mutex<usize>,
+    moved: Condvar,
+}
+
+impl Turn {
+    fn reset(&self) {
+        *self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = 0;
+    }
+
+    /// Runs `f` when it is replica `i`'s turn, then hands the turn on (also when `f` panics, so
+    /// that the other replicas never wait for a turn that cannot come).
+    fn take<T>(&self, i: usize, f: impl FnOnce() -> T) -> T {
+        let mut next = self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *next != i {
+            next = self.moved.wait(next).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let _handover = Handover { turn: self, next, to: i + 1 };
+        f()
+    }
+}
+
+/// Hands the turn to replica `to` when dropped.
+struct Handover<'a> {
+    turn: &'a Turn,
+    next: std::sync::MutexGuard<'a, usize>,
+    to: usize,
+}
+
+impl Drop for Handover<'_> {
+    fn drop(&mut self) {
+        *self.next = self.to;
+        self.turn.moved.notify_all();
+    }
+}
+
+/// The seed of replica `replica` at a step with seed `step_seed` (SplitMix64's finaliser).
+pub fn replica_seed(step_seed: u64, replica: usize) -> u64 {
+    let mut z = step_seed ^ (replica as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// What a replica sends back: its weighted gradients on the main device, its weighted loss and
@@ -111,6 +170,7 @@ pub struct Replicas<M, H> {
     workers: Vec<(Sender<Job<M, H>>, Receiver<Reply>)>,
     /// Each active replica's share of the current batch.
     weights: Vec<f64>,
+    turn: Arc<Turn>,
 }
 
 impl<M, H: HostBatch> Replicas<M, H> {
@@ -121,17 +181,19 @@ impl<M, H: HostBatch> Replicas<M, H> {
         M: TrainMethod<B, Batch = H> + 'scope,
         H: 'scope,
     {
+        let turn = Arc::new(Turn::default());
         let workers = devices
             .iter()
-            .map(|device| {
+            .enumerate()
+            .map(|(index, device)| {
                 let (job_tx, job_rx) = channel::<Job<M, H>>();
                 let (reply_tx, reply_rx) = channel::<Reply>();
-                let (device, main) = (device.clone(), main.clone());
-                scope.spawn(move || worker::<B, M>(device, main, job_rx, reply_tx));
+                let (device, main, turn) = (device.clone(), main.clone(), turn.clone());
+                scope.spawn(move || worker::<B, M>(Worker { index, device, main, turn }, job_rx, reply_tx));
                 (job_tx, reply_rx)
             })
             .collect();
-        Replicas { workers, weights: Vec::new() }
+        Replicas { workers, weights: Vec::new(), turn }
     }
 
     /// Replicas of the run.
@@ -145,9 +207,9 @@ impl<M, H: HostBatch> Replicas<M, H> {
     }
 
     /// One optimiser step `step` of `method` over the replicas: for `step == 0`, `batch` is split
-    /// and handed out first. Returns the summed groups (in the method's group order), the batch's
-    /// loss and hits.
-    pub fn step<B>(&mut self, method: &M, batch: Option<H>, step: usize) -> Reply
+    /// and handed out first. `seed` seeds the replicas' generators (each mixes in its index).
+    /// Returns the summed groups (in the method's group order), the batch's loss and hits.
+    pub fn step<B>(&mut self, method: &M, batch: Option<H>, step: usize, seed: u64) -> Reply
     where
         B: AutodiffBackend,
         M: TrainMethod<B, Batch = H>,
@@ -161,8 +223,9 @@ impl<M, H: HostBatch> Replicas<M, H> {
             }
             None => (0..self.weights.len()).map(|_| None).collect(),
         };
+        self.turn.reset();
         for (i, w) in self.weights.iter().enumerate() {
-            let job = Job { method: method.clone(), chunk: chunks[i].take(), step, weight: *w };
+            let job = Job { method: method.clone(), chunk: chunks[i].take(), step, weight: *w, seed };
             if self.workers[i].0.send(job).is_err() {
                 return Err(("replica (its worker stopped)", f64::NAN));
             }
@@ -177,7 +240,10 @@ impl<M, H: HostBatch> Replicas<M, H> {
                     loss += l;
                     hits = hits.zip(h).map(|(a, b)| a + b);
                     if merged.is_empty() {
-                        merged = groups.into_iter().map(|g| (ParamGroup { name: g.name, lr_mult: g.lr_mult, grads: Default::default() }, acc(method, g.grads))).collect();
+                        merged = groups
+                            .into_iter()
+                            .map(|g| (ParamGroup { name: g.name, lr_mult: g.lr_mult, grads: Default::default() }, acc(method, g.grads)))
+                            .collect();
                     } else {
                         for ((_, a), g) in merged.iter_mut().zip(groups) {
                             a.accumulate::<B>(method, g.grads);
@@ -203,23 +269,37 @@ fn acc<B: AutodiffBackend, M: AutodiffModule<B>>(method: &M, grads: burn::optim:
     a
 }
 
-fn worker<B: AutodiffBackend, M: TrainMethod<B>>(device: B::Device, main: B::Device, jobs: Receiver<Job<M, M::Batch>>, replies: Sender<Reply>) {
+/// A worker's place: its index among the replicas, its device, the main device and the turn.
+struct Worker<D> {
+    index: usize,
+    device: D,
+    main: D,
+    turn: Arc<Turn>,
+}
+
+fn worker<B: AutodiffBackend, M: TrainMethod<B>>(w: Worker<B::Device>, jobs: Receiver<Job<M, M::Batch>>, replies: Sender<Reply>) {
+    let (device, main) = (&w.device, &w.main);
     let mut input: Option<M::Input> = None;
     for job in jobs {
-        let replica = job.method.fork(&device);
-        if let Some(chunk) = job.chunk {
-            input = Some(replica.prepare(chunk, &device));
-        }
-        let reply = match input.as_ref() {
-            None => Err(("replica input (a step before the batch's first)", f64::NAN)),
-            Some(x) => {
-                let out = replica.loss(x, job.step);
+        // The forward pass in turn (the module docs say why); the backward pass at once.
+        let forward = w.turn.take(w.index, || {
+            B::seed(device, replica_seed(job.seed, w.index));
+            let replica = job.method.fork(device);
+            if let Some(chunk) = job.chunk {
+                input = Some(replica.prepare(chunk, device));
+            }
+            let out = input.as_ref().map(|x| replica.loss(x, job.step));
+            (replica, out)
+        });
+        let reply = match forward {
+            (_, None) => Err(("replica input (a step before the batch's first)", f64::NAN)),
+            (replica, Some(out)) => {
                 let value: f64 = out.loss.clone().into_scalar().elem();
                 if value.is_finite() {
                     let mut groups = replica.param_groups(out.loss.backward());
                     for g in &mut groups {
                         scale_gradients::<B, M>(&replica, &mut g.grads, job.weight);
-                        g.grads = std::mem::take(&mut g.grads).to_device::<B, M>(&main, &replica);
+                        g.grads = std::mem::take(&mut g.grads).to_device::<B, M>(main, &replica);
                     }
                     Ok((groups, value * job.weight, out.hits))
                 } else {
@@ -241,7 +321,7 @@ mod tests {
     use crate::sources::MapBatch;
     use burn::backend::{Autodiff, Flex};
     use burn::nn::loss::CrossEntropyLossConfig;
-    use burn::nn::{Linear, LinearConfig};
+    use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
     use burn::optim::GradientsParams;
 
     type A = Autodiff<Flex>;
@@ -251,6 +331,7 @@ mod tests {
     #[derive(burn::module::Module, Debug)]
     struct Mlp<B: Backend> {
         body: Linear<B>,
+        drop: Dropout,
         head: Linear<B>,
     }
 
@@ -264,7 +345,7 @@ mod tests {
             (x, y)
         }
         fn loss(&self, (x, y): &Self::Input, _: usize) -> StepLoss<A> {
-            let logits = self.head.forward(burn::tensor::activation::relu(self.body.forward(x.clone())));
+            let logits = self.head.forward(self.drop.forward(burn::tensor::activation::relu(self.body.forward(x.clone()))));
             StepLoss { loss: CrossEntropyLossConfig::new().init(&x.device()).forward(logits, y.clone()), hits: Some(0) }
         }
         fn param_groups(&self, mut grads: <A as AutodiffBackend>::Gradients) -> Vec<ParamGroup> {
@@ -326,7 +407,8 @@ mod tests {
     #[test]
     fn two_replicas_match_one_device_with_the_same_global_batch() {
         let device = Default::default();
-        let init = Mlp::<A> { body: LinearConfig::new(12, 16).init(&device), head: LinearConfig::new(16, 4).init(&device) };
+        let init =
+            Mlp::<A> { body: LinearConfig::new(12, 16).init(&device), drop: DropoutConfig::new(0.0).init(), head: LinearConfig::new(16, 4).init(&device) };
         let mut rng = fgia_core::rng::SplitMix64::new(11);
         let source = Fixed { data: (0..21 * 12).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect(), labels: (0..21).map(|i| i % 4).collect() };
         let before = weights(&init);
@@ -337,6 +419,33 @@ mod tests {
         eprintln!("data parallel, 3 steps: weights moved up to {moved:.3e}; 2 replicas vs 1 device, largest weight difference {diff:.3e}");
         assert!(moved > 1e-3, "the steps changed the weights ({moved})");
         assert!(diff < 1e-5, "2 replicas differ from 1 device by {diff}");
+    }
+
+    #[test]
+    fn data_parallel_runs_with_dropout_repeat_exactly() {
+        // Dropout draws from the backend's one generator: the replicas take their forward passes
+        // in turn, each from its own seed, so every run is the same.
+        let device = Default::default();
+        let init =
+            Mlp::<A> { body: LinearConfig::new(12, 16).init(&device), drop: DropoutConfig::new(0.5).init(), head: LinearConfig::new(16, 4).init(&device) };
+        let mut rng = fgia_core::rng::SplitMix64::new(12);
+        let source = Fixed { data: (0..21 * 12).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect(), labels: (0..21).map(|i| i % 4).collect() };
+        let first = train_on(vec![0, 0], &init, &source);
+        for run in 1..6 {
+            assert_eq!(train_on(vec![0, 0], &init, &source), first, "run {run} differs");
+        }
+        assert_ne!(replica_seed(7, 0), replica_seed(7, 1));
+        assert_ne!(replica_seed(7, 0), replica_seed(8, 0));
+    }
+
+    #[test]
+    fn a_panicking_forward_pass_still_hands_the_turn_on() {
+        let turn = Arc::new(Turn::default());
+        let t = turn.clone();
+        let first = std::thread::spawn(move || t.take(0, || panic!("forward pass failed")));
+        assert!(first.join().is_err());
+        // Replica 1 gets its turn instead of waiting for ever.
+        assert_eq!(turn.take(1, || 42), 42);
     }
 
     #[test]

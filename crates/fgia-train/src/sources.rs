@@ -42,7 +42,14 @@ impl HostBatch for MapBatch {
         let (labels, items, geometry) = (split_items(&self.labels, sizes), split_items(&self.items, sizes), split_items(&self.geometry, sizes));
         let parts = data.into_iter().zip(labels).zip(items).zip(geometry).zip(sizes).enumerate();
         parts
-            .map(|(i, ((((data, labels), items), geometry), &n))| MapBatch { data, shape: [n, c, h, w], labels, items, skipped: if i == 0 { self.skipped } else { 0 }, geometry })
+            .map(|(i, ((((data, labels), items), geometry), &n))| MapBatch {
+                data,
+                shape: [n, c, h, w],
+                labels,
+                items,
+                skipped: if i == 0 { self.skipped } else { 0 },
+                geometry,
+            })
             .collect()
     }
 }

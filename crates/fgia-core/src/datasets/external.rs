@@ -136,7 +136,9 @@ pub fn read_inat_locations(json: &Path, image_root: &Path) -> Result<(Vec<GeoRec
     let label_of: HashMap<u64, usize> = cats.iter().enumerate().map(|(i, (id, _))| (*id, i)).collect();
     let mut class_of: HashMap<u64, usize> = HashMap::new();
     for a in &file.annotations {
-        let label = *label_of.get(&a.category_id).ok_or_else(|| DataError::format(json, format!("image {}: category {} is not in categories", a.image_id, a.category_id)))?;
+        let label = *label_of
+            .get(&a.category_id)
+            .ok_or_else(|| DataError::format(json, format!("image {}: category {} is not in categories", a.image_id, a.category_id)))?;
         class_of.insert(a.image_id, label);
     }
     let mut out = Vec::new();

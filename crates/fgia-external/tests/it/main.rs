@@ -73,7 +73,8 @@ fn the_geo_prior_recovers_known_ranges_from_presence_only_data() {
     };
     let dir = tempfile::tempdir().expect("tmp");
     let io = RunIo { run_dir: dir.path().to_path_buf(), resume: false, progress: false, label: "geo".into(), stop_after_epochs: None, replicas: Vec::new() };
-    let Trained::Finished { method, .. } = train::<A, _, _>(&spec, &io, method, &PresenceSource { data: &data, seed: 1 }, None, &device).expect("trains") else {
+    let Trained::Finished { method, .. } = train::<A, _, _>(&spec, &io, method, &PresenceSource { data: &data, seed: 1 }, None, &device).expect("trains")
+    else {
         panic!("not stopped");
     };
     // Every 5 degrees over the globe: inside a range the prior must say present, outside absent.
@@ -136,7 +137,8 @@ fn the_attribute_embedding_recognises_unseen_classes_from_their_attributes() {
     // class's attributes plus noise. Classes 0..12 are seen, 12..16 unseen.
     let (classes, attrs, dim, seen) = (16, 24, 20, 12);
     let mut g = SplitMix64::new(5);
-    let percent: Vec<Vec<f32>> = (0..classes).map(|_| (0..attrs).map(|_| if g.coin() { 80.0 + 20.0 * g.next_f64() as f32 } else { 10.0 * g.next_f64() as f32 }).collect()).collect();
+    let percent: Vec<Vec<f32>> =
+        (0..classes).map(|_| (0..attrs).map(|_| if g.coin() { 80.0 + 20.0 * g.next_f64() as f32 } else { 10.0 * g.next_f64() as f32 }).collect()).collect();
     let phi = attribute_vectors(&percent);
     let map: Vec<f32> = (0..dim * attrs).map(|_| g.next_f64() as f32 - 0.5).collect();
     let image = |c: usize, g: &mut SplitMix64| -> Vec<f32> {
@@ -172,6 +174,9 @@ fn the_attribute_embedding_recognises_unseen_classes_from_their_attributes() {
     let w = burn::module::AutodiffModule::valid(&method.model);
     let zero_shot = predict(&w, test, dim, phi[seen * attrs..].to_vec(), classes - seen);
     let acc = 100.0 * zero_shot.iter().zip(&test_labels).filter(|(p, l)| p == l).count() as f64 / test_labels.len() as f64;
-    eprintln!("attribute embedding: train top-1 {:.1} % (last epoch), zero-shot top-1 on 4 unseen classes {acc:.1} % (chance 25 %)", epochs.last().map_or(0.0, |e| e.train_top1));
+    eprintln!(
+        "attribute embedding: train top-1 {:.1} % (last epoch), zero-shot top-1 on 4 unseen classes {acc:.1} % (chance 25 %)",
+        epochs.last().map_or(0.0, |e| e.train_top1)
+    );
     assert!(acc >= 60.0, "zero-shot {acc} % (chance 25 %)");
 }

@@ -244,7 +244,15 @@ fn the_environment_page_shows_each_devices_checks_and_step_times() {
     let dir = tempfile::tempdir().expect("tmp");
     let results = dir.path().join("results");
     std::fs::create_dir_all(results.join("environment")).expect("mkdir");
-    let check = |name: &str, f: f64| DeviceAgreement { name: name.into(), kind: "pooling".into(), shape: vec![4, 256, 14, 14], forward_rel: f, backward_rel: f / 2.0, tolerance: 2e-3, pass: f <= 2e-3 };
+    let check = |name: &str, f: f64| DeviceAgreement {
+        name: name.into(),
+        kind: "pooling".into(),
+        shape: vec![4, 256, 14, 14],
+        forward_rel: f,
+        backward_rel: f / 2.0,
+        tolerance: 2e-3,
+        pass: f <= 2e-3,
+    };
     let timing = |side: usize, ips: f64| StepTiming { backbone: "resnet50".into(), side, batch: 16, median_ms: 16_000.0 / ips, images_per_s: ips, steps: 5 };
     let report = EnvironmentReport {
         device: "cuda:0 (burn-cuda)".into(),
@@ -268,4 +276,68 @@ fn the_environment_page_shows_each_devices_checks_and_step_times() {
     assert!(page.contains("448 px") && page.contains("110.0") && page.contains("environment-0.svg"), "{page}");
     assert!(out.join("environment-0.svg").is_file());
     assert!(std::fs::read_to_string(out.join("index.html")).expect("index").contains("environment.html"));
+}
+
+#[test]
+fn table3_page_marks_what_each_row_is_draws_both_charts_and_computes_no_delta() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let results = dir.path().join("results");
+    let run = results.join("runs/table3/a");
+    std::fs::create_dir_all(&run).expect("mkdir");
+    let mut n = 0;
+    let mut put = |r: ResultRecord| {
+        n += 1;
+        r.write(&results.join(format!("table3/r{n}.json"))).expect("write");
+    };
+    for (method, at40) in [("Cross-entropy (noisy labels)", 41.0), ("Co-teaching", 50.0), ("Peer-learning", 55.0)] {
+        for (rate, pair, top1) in [(0.0, None, 70.0), (20.0, Some(1.0), 62.0), (40.0, Some(1.0), at40), (20.0, Some(0.0), 66.0), (40.0, Some(0.0), at40 + 3.0)]
+        {
+            let mut r = record(&run, 224, 224, 0, top1);
+            r.table = "table3".into();
+            r.method = method.into();
+            r.section = Some("5.3.1".into());
+            r.data = format!("cub-mini; {rate:.0} % noise {pair:?} (synthetic)");
+            r.metrics.extend([("noise_rate".to_string(), rate), ("chance".to_string(), 2.5)]);
+            if let Some(p) = pair {
+                r.metrics.insert("noise_pair_flip".into(), p);
+            }
+            put(r);
+        }
+    }
+    let mut q = record(&run, 224, 224, 0, 70.0);
+    q.table = "table3".into();
+    q.method = "20 questions (attributes)".into();
+    q.section = Some("5.3.3".into());
+    q.metrics.insert("questions".into(), 20.0);
+    for t in 0..=20 {
+        q.metrics.insert(format!("acc_q{t}_vision"), 70.0);
+        q.metrics.insert(format!("acc_q{t}_random"), 70.0 + t as f64);
+        q.metrics.insert(format!("acc_q{t}_info_gain"), (70.0 + 3.0 * t as f64).min(100.0));
+    }
+    put(q);
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/reference/survey-results.csv");
+    let out = dir.path().join("reports");
+    fgia_report::render(&results, &reference, &out).expect("renders");
+    let t3 = std::fs::read_to_string(out.join("table3.html")).expect("table3.html");
+    // The survey's rows with provenance; an unverified one is marked.
+    assert!(t3.contains("KERL") && t3.contains("87.0") && t3.contains("survey authors' leaderboard"), "{t3}");
+    assert!(t3.contains("class=\"unverified\">UNVERIFIED"), "Krause et al. is unverified: {t3}");
+    // Ours, with what the data is; no Δ anywhere.
+    assert!(t3.contains("real images, synthetic label noise") && t3.contains("simulated users"), "{t3}");
+    assert!(!t3.contains("Δ top-1") && !t3.contains("vs survey"), "no delta: {t3}");
+    // The noise table and chart: Peer-learning's 55.0 with pair flips and 58.0 with symmetric
+    // noise at 40 %, in that order of columns.
+    assert!(t3.contains("40 % pair flips") && t3.contains("40 % symmetric"), "{t3}");
+    let peer_row = t3.split("<tr><td>Peer-learning</td>").nth(1).and_then(|r| r.split("</tr>").next()).expect("peer row");
+    assert!(peer_row.find("<b>55.0</b>").expect("55.0") < peer_row.find("<b>58.0</b>").expect("58.0"), "{peer_row}");
+    let svg = std::fs::read_to_string(out.join("table3-noise.svg")).expect("noise chart");
+    assert!(svg.contains("Peer-learning, pair flips") && svg.contains("Co-teaching, symmetric"), "legend");
+    // The 20-questions chart and table: information gain at 10 questions is 100.0.
+    let svg = std::fs::read_to_string(out.join("table3-questions.svg")).expect("questions chart");
+    assert!(svg.contains("information gain") && svg.contains("random questions"), "legend");
+    assert!(t3.contains("<b>100.0</b>"), "{t3}");
+    // The rows that need data, each with its reader.
+    assert!(t3.contains("Needs data") && t3.contains("read_captions") && t3.contains("read_inat_locations"), "{t3}");
+    let index = std::fs::read_to_string(out.join("index.html")).expect("index");
+    assert!(index.contains("table3.html") && index.contains("16 runs"), "{index}");
 }
