@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::extract::extract;
-use crate::fetch::{Manifest, download, verify};
+use crate::fetch::{Manifest, download_capped, verify};
 
 /// Downloads and extracts a dataset into `root`; returns the reader root.
 pub fn download_dataset(workspace: &Path, name: &str, root: &Path, from_archives: &[PathBuf]) -> Result<PathBuf> {
@@ -31,7 +31,7 @@ pub fn download_dataset(workspace: &Path, name: &str, root: &Path, from_archives
                 let dest = archives.join(&spec.name);
                 if !dest.exists() {
                     println!("{}: downloading {}", spec.name, spec.url);
-                    download(&spec.url, &dest, spec.size, 5, true)?;
+                    download_capped(&spec.url, &dest, spec.size, spec.max_size, 5, true)?;
                 }
                 dest
             }

@@ -1,21 +1,25 @@
-//! Safe extraction of tar and gzip-compressed tar archives.
+//! Safe extraction of tar, gzip-compressed tar and zip archives. The format is told by the
+//! file's first bytes (`PK\x03\x04` zip, `1f 8b` gzip, else tar), never by its name.
 //!
 //! An archive is read twice. The first pass checks every entry and reads all data to the end,
 //! before anything is written. It refuses:
-//! - paths with `..` or an absolute root;
+//! - paths with `..` or an absolute root (and, in zip archives, paths with a backslash, which
+//!   Windows tools write as a separator);
 //! - symbolic links, hard links, device files and every other non-regular entry (the datasets
 //!   have none, and a link written by one entry can carry a later entry's path outside the
 //!   destination however each path reads as text);
 //! - a path that occurs twice;
 //! - more than [`Limits::max_entries`] entries or more than [`Limits::max_bytes`] unpacked bytes
 //!   (archive bombs);
-//! - truncated or corrupt compressed streams.
+//! - truncated or corrupt compressed streams (zip entries: also a CRC mismatch, and encrypted
+//!   entries).
 //!
 //! The second pass extracts into a staging folder inside the destination, creating each file
 //! with `create_new`, and only a complete extraction is moved into place, so a failure never
 //! leaves a half-extracted dataset. The staging folder holds a locked file while it is in use;
 //! a staging folder whose lock is free was left by a killed run and is removed by the next one.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
@@ -32,9 +36,10 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// Well above the largest dataset archive (FGVC-Aircraft: 2.8 GB, about 10⁴ files).
+    /// Above the largest dataset archive: iNat2017's `train_val_images.tar.gz`, 186 GiB and
+    /// about 680,000 files.
     fn default() -> Self {
-        Self { max_entries: 1_000_000, max_bytes: 64 << 30 }
+        Self { max_entries: 2_000_000, max_bytes: 256 << 30 }
     }
 }
 
@@ -86,6 +91,23 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExtractError + '_ {
     move |source| ExtractError::Io { path: path.to_path_buf(), source }
 }
 
+/// The container format of an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// tar, plain or gzip-compressed.
+    Tar,
+    /// zip.
+    Zip,
+}
+
+/// Tells the format by the first bytes: a local file header or an empty archive's end record is
+/// zip; anything else is left to the tar reader (which takes gzip by its own magic).
+fn format_of(archive: &Path) -> Result<Format, ExtractError> {
+    let mut magic = Vec::with_capacity(4);
+    File::open(archive).map_err(io(archive))?.take(4).read_to_end(&mut magic).map_err(io(archive))?;
+    Ok(if magic == b"PK\x03\x04" || magic == b"PK\x05\x06" { Format::Zip } else { Format::Tar })
+}
+
 fn open(archive: &Path) -> Result<tar::Archive<Box<dyn Read>>, ExtractError> {
     let mut f = BufReader::new(File::open(archive).map_err(io(archive))?);
     let mut magic = [0u8; 2];
@@ -108,19 +130,79 @@ fn normal_relative(p: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// A zip entry name as a relative path of normal components, or `None` (also for a backslash
+/// or a NUL, which no dataset uses and which mean different things to different tools).
+fn zip_relative(name: &str) -> Option<PathBuf> {
+    if name.contains(['\\', '\0']) {
+        return None;
+    }
+    normal_relative(Path::new(name))
+}
+
 /// A checked entry of the first pass.
 struct Checked {
     path: PathBuf,
 }
 
-/// First pass: validates every entry and reads the whole stream. Returns the entries' paths.
+/// The entries the first pass has admitted, and the bytes they unpack to, against the limits.
+struct Tally<'a> {
+    archive: &'a Path,
+    limits: Limits,
+    seen: HashSet<PathBuf>,
+    bytes: u64,
+    out: Vec<Checked>,
+}
+
+impl<'a> Tally<'a> {
+    fn new(archive: &'a Path, limits: Limits) -> Self {
+        Tally { archive, limits, seen: HashSet::new(), bytes: 0, out: Vec::new() }
+    }
+
+    fn too_large(&self, what: &'static str, limit: u64) -> ExtractError {
+        ExtractError::TooLarge { archive: self.archive.to_path_buf(), what, limit }
+    }
+
+    /// Admits the entry at `rel` (stored as `raw`): refuses a path seen before and an entry past
+    /// the count limit, then reads its data to the end, so a truncated or corrupt stream fails
+    /// now, counting the bytes actually read rather than what a header says.
+    fn admit(&mut self, rel: PathBuf, raw: &str, data: impl Read) -> Result<(), ExtractError> {
+        if !self.seen.insert(rel.clone()) {
+            return Err(ExtractError::Unsafe { archive: self.archive.to_path_buf(), entry: raw.to_string(), reason: "occurs twice".into() });
+        }
+        if self.out.len() >= self.limits.max_entries {
+            return Err(self.too_large("the number of entries", self.limits.max_entries as u64));
+        }
+        let budget = self.limits.max_bytes - self.bytes;
+        let n = std::io::copy(&mut data.take(budget.saturating_add(1)), &mut std::io::sink())
+            .map_err(|e| ExtractError::Corrupt { archive: self.archive.to_path_buf(), message: e.to_string() })?;
+        if n > budget {
+            return Err(self.too_large("the unpacked size in bytes", self.limits.max_bytes));
+        }
+        self.bytes += n;
+        self.out.push(Checked { path: rel });
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Vec<Checked>, ExtractError> {
+        if self.out.is_empty() {
+            return Err(ExtractError::Corrupt { archive: self.archive.to_path_buf(), message: "no entries".into() });
+        }
+        Ok(self.out)
+    }
+}
+
+/// First pass: validates every entry and reads the whole archive. Returns the entries' paths.
 fn check(archive: &Path, limits: Limits) -> Result<Vec<Checked>, ExtractError> {
+    match format_of(archive)? {
+        Format::Tar => check_tar(archive, limits),
+        Format::Zip => check_zip(archive, limits),
+    }
+}
+
+fn check_tar(archive: &Path, limits: Limits) -> Result<Vec<Checked>, ExtractError> {
     let corrupt = |e: std::io::Error| ExtractError::Corrupt { archive: archive.to_path_buf(), message: e.to_string() };
-    let too_large = |what, limit| ExtractError::TooLarge { archive: archive.to_path_buf(), what, limit };
     let mut ar = open(archive)?;
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut bytes = 0u64;
+    let mut tally = Tally::new(archive, limits);
     for entry in ar.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         let raw = entry.path().map_err(corrupt)?.into_owned();
@@ -137,29 +219,57 @@ fn check(archive: &Path, limits: Limits) -> Result<Vec<Checked>, ExtractError> {
         if rel.as_os_str().is_empty() {
             continue;
         }
-        if !seen.insert(rel.clone()) {
-            return Err(unsafe_entry("occurs twice"));
-        }
-        if out.len() >= limits.max_entries {
-            return Err(too_large("the number of entries", limits.max_entries as u64));
-        }
-        // Read the data to the end, so a truncated or corrupt stream fails now, counting what
-        // is actually read rather than what the header says.
-        let budget = limits.max_bytes - bytes;
-        let n = std::io::copy(&mut (&mut entry).take(budget + 1), &mut std::io::sink()).map_err(corrupt)?;
-        if n > budget {
-            return Err(too_large("the unpacked size in bytes", limits.max_bytes));
-        }
-        bytes += n;
-        out.push(Checked { path: rel });
+        let raw = raw.display().to_string();
+        tally.admit(rel, &raw, &mut entry)?;
     }
     // Trailing data of the compressed stream (its CRC) is checked when the reader hits the end.
     let mut rest = ar.into_inner();
     std::io::copy(&mut rest, &mut std::io::sink()).map_err(corrupt)?;
-    if out.is_empty() {
-        return Err(ExtractError::Corrupt { archive: archive.to_path_buf(), message: "no entries".into() });
+    tally.finish()
+}
+
+/// File type bits of a zip entry's Unix mode.
+const S_IFMT: u32 = 0o170_000;
+const S_IFDIR: u32 = 0o040_000;
+const S_IFREG: u32 = 0o100_000;
+const S_IFLNK: u32 = 0o120_000;
+
+fn open_zip(archive: &Path) -> Result<zip::ZipArchive<BufReader<File>>, ExtractError> {
+    let f = BufReader::new(File::open(archive).map_err(io(archive))?);
+    zip::ZipArchive::new(f).map_err(|e| ExtractError::Corrupt { archive: archive.to_path_buf(), message: e.to_string() })
+}
+
+/// Whether a zip entry is a folder: by its name (`data/`) or by its Unix mode.
+fn zip_is_dir(entry: &zip::read::ZipFile<'_, BufReader<File>>) -> bool {
+    entry.is_dir() || entry.unix_mode().is_some_and(|m| m & S_IFMT == S_IFDIR)
+}
+
+fn check_zip(archive: &Path, limits: Limits) -> Result<Vec<Checked>, ExtractError> {
+    let corrupt = |e: zip::result::ZipError| ExtractError::Corrupt { archive: archive.to_path_buf(), message: e.to_string() };
+    let mut zip = open_zip(archive)?;
+    // The central directory is read whole by `open_zip`; refuse a huge one before any data.
+    if zip.len() > limits.max_entries {
+        return Err(ExtractError::TooLarge { archive: archive.to_path_buf(), what: "the number of entries", limit: limits.max_entries as u64 });
     }
-    Ok(out)
+    let mut tally = Tally::new(archive, limits);
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(corrupt)?;
+        let raw = entry.name().to_string();
+        let unsafe_entry = |reason: &str| ExtractError::Unsafe { archive: archive.to_path_buf(), entry: raw.clone(), reason: reason.to_string() };
+        let Some(rel) = zip_relative(&raw) else {
+            return Err(unsafe_entry("has an absolute path, a '..' component, a backslash or a NUL"));
+        };
+        match entry.unix_mode().map(|m| m & S_IFMT) {
+            None | Some(0) | Some(S_IFREG) | Some(S_IFDIR) => {}
+            Some(S_IFLNK) => return Err(unsafe_entry("is a link (links are not extracted)")),
+            Some(other) => return Err(unsafe_entry(&format!("has unsupported file type {other:o}"))),
+        }
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        tally.admit(rel, &raw, &mut entry)?;
+    }
+    tally.finish()
 }
 
 /// The lock file inside a staging folder.
@@ -225,6 +335,50 @@ pub fn extract_with(archive: &Path, dest: &Path, limits: Limits) -> Result<usize
 
 /// Second pass: writes the entries the first pass checked, and nothing else.
 fn unpack(archive: &Path, staging: &Path, checked: &[Checked]) -> Result<(), ExtractError> {
+    match format_of(archive)? {
+        Format::Tar => unpack_tar(archive, staging, checked),
+        Format::Zip => unpack_zip(archive, staging, checked),
+    }
+}
+
+fn unpack_zip(archive: &Path, staging: &Path, checked: &[Checked]) -> Result<(), ExtractError> {
+    let changed = |entry: &str| ExtractError::Unsafe { archive: archive.to_path_buf(), entry: entry.to_string(), reason: "changed between passes".into() };
+    let mut zip = open_zip(archive)?;
+    let mut expected = checked.iter();
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| ExtractError::Corrupt { archive: archive.to_path_buf(), message: e.to_string() })?;
+        let raw = entry.name().to_string();
+        let rel = zip_relative(&raw).ok_or_else(|| changed(&raw))?;
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        if expected.next().map(|c| &c.path) != Some(&rel) {
+            return Err(changed(&raw));
+        }
+        let is_dir = zip_is_dir(&entry);
+        write_entry(archive, &staging.join(&rel), is_dir, &mut entry)?;
+    }
+    if expected.next().is_some() {
+        return Err(ExtractError::Corrupt { archive: archive.to_path_buf(), message: "changed between passes".into() });
+    }
+    Ok(())
+}
+
+/// Creates the folder, or the new file with `data`, at `out` (and its parent folders).
+fn write_entry(archive: &Path, out: &Path, is_dir: bool, data: &mut impl Read) -> Result<(), ExtractError> {
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    if is_dir {
+        std::fs::create_dir_all(out).map_err(io(out))?;
+    } else {
+        let mut f = File::options().write(true).create_new(true).open(out).map_err(io(out))?;
+        std::io::copy(data, &mut f).map_err(|e| ExtractError::Corrupt { archive: archive.to_path_buf(), message: e.to_string() })?;
+    }
+    Ok(())
+}
+
+fn unpack_tar(archive: &Path, staging: &Path, checked: &[Checked]) -> Result<(), ExtractError> {
     let corrupt = |e: std::io::Error| ExtractError::Corrupt { archive: archive.to_path_buf(), message: e.to_string() };
     let mut ar = open(archive)?;
     let mut expected = checked.iter();
@@ -243,16 +397,7 @@ fn unpack(archive: &Path, staging: &Path, checked: &[Checked]) -> Result<(), Ext
         if expected.next().map(|c| &c.path) != Some(&rel) {
             return Err(changed());
         }
-        let out = staging.join(&rel);
-        if let Some(parent) = out.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        if kind == EntryType::Directory {
-            std::fs::create_dir_all(&out).map_err(io(&out))?;
-        } else {
-            let mut f = File::options().write(true).create_new(true).open(&out).map_err(io(&out))?;
-            std::io::copy(&mut entry, &mut f).map_err(corrupt)?;
-        }
+        write_entry(archive, &staging.join(&rel), kind == EntryType::Directory, &mut entry)?;
     }
     if expected.next().is_some() {
         return Err(ExtractError::Corrupt { archive: archive.to_path_buf(), message: "changed between passes".into() });
@@ -398,6 +543,106 @@ pub(crate) mod tests {
         assert!(!dir.path().join("out").exists());
         // At the limits exactly, it extracts.
         let at = Limits { max_entries: 101, max_bytes: 101 };
+        assert_eq!(extract_with(&a, &dir.path().join("out"), at).expect("at the limit"), 101);
+    }
+
+    /// A zip of `(name, data)` entries (a name ending in `/` is a folder), deflated, with no
+    /// check of the names (as a hostile archive would be).
+    pub(crate) fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        for (name, data) in entries {
+            if let Some(dir) = name.strip_suffix('/') {
+                z.add_directory(dir, opts).expect("dir");
+            } else {
+                z.start_file(*name, opts).expect("start");
+                z.write_all(data).expect("data");
+            }
+        }
+        z.finish().expect("finish");
+        buf.into_inner()
+    }
+
+    fn good_zip() -> Vec<u8> {
+        zip_of(&[("data/", b""), ("data/a.txt", b"hello"), ("data/sub/b.txt", b"world")])
+    }
+
+    #[test]
+    fn extracts_a_good_zip_and_tells_formats_by_their_bytes() {
+        // A zip named like a tarball and a tarball named like a zip: the bytes decide.
+        for (name, bytes) in [("good.zip", good_zip()), ("misnamed.tar.gz", good_zip()), ("misnamed.zip", gzip(&good()))] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let a = write(dir.path(), name, &bytes);
+            let dest = dir.path().join("out");
+            assert_eq!(extract(&a, &dest).expect(name), 3, "{name}");
+            assert_eq!(std::fs::read_to_string(dest.join("data/a.txt")).expect("a"), "hello");
+            assert_eq!(std::fs::read_to_string(dest.join("data/sub/b.txt")).expect("b"), "world");
+            assert_eq!(std::fs::read_dir(&dest).expect("ls").count(), 1, "no staging folder left");
+            assert!(matches!(extract(&a, &dest), Err(ExtractError::Exists(_))), "nothing is overwritten");
+        }
+    }
+
+    #[test]
+    fn hostile_zip_entries_are_refused_and_nothing_is_written() {
+        let symlink = {
+            let mut buf = std::io::Cursor::new(Vec::new());
+            let mut z = zip::ZipWriter::new(&mut buf);
+            let opts = zip::write::SimpleFileOptions::default();
+            z.start_file("data/a.txt", opts).expect("start");
+            z.write_all(b"ok").expect("data");
+            z.add_symlink("data/l", "../../etc/passwd", opts).expect("link");
+            z.finish().expect("finish");
+            buf.into_inner()
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("zip slip", zip_of(&[("data/a.txt", b"ok"), ("data/../../evil.txt", b"x")])),
+            ("absolute", zip_of(&[("data/a.txt", b"ok"), ("/tmp/evil.txt", b"x")])),
+            ("backslash", zip_of(&[("data/a.txt", b"ok"), ("..\\..\\evil.txt", b"x")])),
+            ("duplicate", zip_of(&[("data/a.txt", b"ok"), ("data/./a.txt", b"evil")])),
+            ("symlink", symlink),
+        ];
+        for (what, bytes) in cases {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let a = write(dir.path(), "bad.zip", &bytes);
+            let dest = dir.path().join("out");
+            let e = extract(&a, &dest).expect_err(what);
+            assert!(matches!(e, ExtractError::Unsafe { .. }), "{what}: {e}");
+            assert!(!dest.exists() || std::fs::read_dir(&dest).expect("ls").count() == 0, "{what}: something was written");
+            assert!(!dir.path().join("evil.txt").exists());
+        }
+    }
+
+    #[test]
+    fn zip_bombs_and_corrupt_zips_are_refused_before_writing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 64 MiB of zeros deflate to about 64 KiB; the limit is counted on the bytes read.
+        let zeros = vec![0u8; 64 << 20];
+        let a = write(dir.path(), "bomb.zip", &zip_of(&[("data/zeros", &zeros)]));
+        assert!(std::fs::metadata(&a).expect("size").len() < 1 << 20);
+        let small = Limits { max_entries: 100, max_bytes: 1 << 20 };
+        let e = extract_with(&a, &dir.path().join("out"), small).expect_err("size bomb");
+        assert!(matches!(e, ExtractError::TooLarge { what, .. } if what.contains("size")), "{e}");
+        let names: Vec<String> = (0..101).map(|i| format!("data/f{i}")).collect();
+        let many: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), b"x".as_slice())).collect();
+        let a = write(dir.path(), "many.zip", &zip_of(&many));
+        let e = extract_with(&a, &dir.path().join("out"), small).expect_err("count bomb");
+        assert!(matches!(e, ExtractError::TooLarge { what, .. } if what.contains("entries")), "{e}");
+        assert!(!dir.path().join("out").exists());
+        // A flipped byte in the deflated data fails the CRC or the inflater; a cut archive has no
+        // central directory.
+        let bytes = zip_of(&[("data/a.txt", "some text that deflates well, well, well, well".repeat(50).as_bytes())]);
+        let mut flipped = bytes.clone();
+        flipped[60] ^= 0x10;
+        for (what, bad) in [("flipped", flipped), ("cut", bytes[..bytes.len() / 2].to_vec())] {
+            let a = write(dir.path(), "bad.zip", &bad);
+            let e = extract(&a, &dir.path().join("out")).expect_err(what);
+            assert!(matches!(e, ExtractError::Corrupt { .. }), "{what}: {e}");
+            assert!(!dir.path().join("out/data").exists(), "{what}");
+        }
+        // At the limits exactly, it extracts.
+        let at = Limits { max_entries: 101, max_bytes: 101 };
+        let a = write(dir.path(), "many.zip", &zip_of(&many));
         assert_eq!(extract_with(&a, &dir.path().join("out"), at).expect("at the limit"), 101);
     }
 

@@ -36,6 +36,10 @@ pub struct FileSpec {
     pub url: String,
     /// Size in bytes, when known.
     pub size: Option<u64>,
+    /// Without a published size: the most bytes to accept (default 64 GiB), for archives known
+    /// to be larger than that.
+    #[serde(default)]
+    pub max_size: Option<u64>,
     /// SHA-256, when known.
     pub sha256: Option<String>,
     /// MD5, when known.
@@ -122,9 +126,10 @@ const MAX_UNSIZED_DOWNLOAD: u64 = 64 << 30;
 
 /// Downloads `url` to `dest`, resuming a previous partial download (`<dest>.part`) with an HTTP
 /// range request, retrying a broken transfer up to `attempts` times. Never writes more than
-/// `expected_size` bytes (or [`MAX_UNSIZED_DOWNLOAD`] without one): a longer body is an error.
+/// `expected_size` bytes (or the ceiling without one): a longer body is an error.
 /// A `206` answer must carry a `Content-Range` that starts where the partial file ends.
-pub fn download(url: &str, dest: &Path, expected_size: Option<u64>, attempts: usize, progress: bool) -> Result<()> {
+/// A file of unknown size stops at `max_size` (else [`MAX_UNSIZED_DOWNLOAD`]).
+pub fn download_capped(url: &str, dest: &Path, expected_size: Option<u64>, max_size: Option<u64>, attempts: usize, progress: bool) -> Result<()> {
     let part = PathBuf::from(format!("{}.part", dest.display()));
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
@@ -138,7 +143,7 @@ pub fn download(url: &str, dest: &Path, expected_size: Option<u64>, attempts: us
     bar.set_message(dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(30)).timeout_read(Duration::from_secs(120)).build();
     // With no size in the manifest, a body larger than this is refused rather than written.
-    let cap = expected_size.unwrap_or(MAX_UNSIZED_DOWNLOAD);
+    let cap = expected_size.or(max_size).unwrap_or(MAX_UNSIZED_DOWNLOAD);
     let mut last_err = None;
     for attempt in 0..attempts.max(1) {
         let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
@@ -315,7 +320,7 @@ mod tests {
         let (url, requests) = serve(body.clone(), 50_000);
         let dir = tempfile::tempdir().expect("tempdir");
         let dest = dir.path().join("file.tgz");
-        download(&url, &dest, Some(body.len() as u64), 3, false).expect("download with resume");
+        download_capped(&url, &dest, Some(body.len() as u64), None, 3, false).expect("download with resume");
         assert_eq!(std::fs::read(&dest).expect("read"), body);
         assert!(requests.load(Ordering::SeqCst) >= 2, "the second request resumed");
         let d = digests(&dest).expect("digest");
@@ -323,6 +328,7 @@ mod tests {
             name: "f".into(),
             url: url.clone(),
             size: Some(body.len() as u64),
+            max_size: None,
             sha256: Some(d.sha256.clone()),
             md5: Some(d.md5.clone()),
             extract: false,
@@ -345,10 +351,16 @@ mod tests {
         let (url, _) = serve_with(Vec::new(), usize::MAX, Server::Endless);
         let dir = tempfile::tempdir().expect("tempdir");
         let dest = dir.path().join("file.tgz");
-        let e = download(&url, &dest, Some(100_000), 2, false).expect_err("endless");
+        let e = download_capped(&url, &dest, Some(100_000), None, 2, false).expect_err("endless");
         assert!(format!("{e:#}").contains("past the expected 100000 bytes"), "{e:#}");
         assert!(!dest.exists());
         assert!(std::fs::metadata(dir.path().join("file.tgz.part")).map(|m| m.len()).unwrap_or(0) <= 100_000);
+        // Without a size, the manifest's `max_size` is the ceiling.
+        let (url, _) = serve_with(Vec::new(), usize::MAX, Server::Endless);
+        let dest = dir.path().join("unsized.tgz");
+        let e = download_capped(&url, &dest, None, Some(50_000), 2, false).expect_err("endless, unsized");
+        assert!(format!("{e:#}").contains("past the expected 50000 bytes"), "{e:#}");
+        assert!(!dest.exists());
     }
 
     #[test]
@@ -359,7 +371,7 @@ mod tests {
         let dest = dir.path().join("file.tgz");
         // Attempt 1 breaks after 30 000 bytes; attempt 2 gets a 206 from byte 0 and starts over;
         // attempt 3 downloads the whole file with a plain GET.
-        download(&url, &dest, Some(body.len() as u64), 3, false).expect("recovers");
+        download_capped(&url, &dest, Some(body.len() as u64), None, 3, false).expect("recovers");
         assert_eq!(std::fs::read(&dest).expect("read"), body, "no bytes spliced at the wrong offset");
     }
 
@@ -371,7 +383,7 @@ mod tests {
         let (url, requests) = serve_with(body.clone(), usize::MAX, Server::ChunkedNoEnd);
         let dir = tempfile::tempdir().expect("tempdir");
         let dest = dir.path().join("file.tgz");
-        download(&url, &dest, Some(body.len() as u64), 2, false).expect("whole after the first attempt");
+        download_capped(&url, &dest, Some(body.len() as u64), None, 2, false).expect("whole after the first attempt");
         assert_eq!(std::fs::read(&dest).expect("read"), body);
         assert_eq!(requests.load(Ordering::SeqCst), 1, "no second request for a whole file");
     }
@@ -386,13 +398,25 @@ mod tests {
         assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
     }
 
+    /// Every `datasets/*.toml` parses, so a typo in a new manifest fails the tests; and every
+    /// dataset the readers know has one.
     #[test]
     fn manifests_of_the_repository_parse() {
         let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace");
-        for name in ["cub", "dogs", "cars", "aircraft"] {
-            let m = Manifest::load(ws, name).expect("manifest");
-            assert_eq!(m.name, name);
-            assert!(!m.files.is_empty());
+        let mut names: Vec<String> = std::fs::read_dir(ws.join("datasets"))
+            .expect("datasets/")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .map(|p| p.file_stem().expect("stem").to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in &names {
+            let m = Manifest::load(ws, name).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert_eq!(&m.name, name);
+            assert!(!m.files.is_empty(), "{name}: no files");
+        }
+        for kind in fgia_core::datasets::DatasetKind::ALL.into_iter().filter(|k| k.has_manifest()) {
+            assert!(names.iter().any(|n| n == kind.name()), "no manifest for {kind}");
         }
     }
 }

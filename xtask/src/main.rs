@@ -31,7 +31,7 @@ enum Cmd {
     /// Download a dataset's official archives (resumable), verify their checksums, and extract
     /// them safely.
     Download {
-        /// cub, dogs, cars or aircraft.
+        /// cub, dogs, cars, aircraft, nabirds, flowers, inat2017 or inat2018.
         dataset: DatasetKind,
         /// Download folder (default: datasets/downloads).
         #[arg(long)]
@@ -167,7 +167,7 @@ enum DatasetsCmd {
     },
     /// Print classes and split sizes, check every referenced file, report malformed lines.
     Verify {
-        /// cub, dogs, cars or aircraft.
+        /// cub, dogs, cars, aircraft, nabirds, flowers, inat2017 or inat2018.
         dataset: DatasetKind,
         /// Dataset root.
         #[arg(long)]

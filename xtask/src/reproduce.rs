@@ -334,17 +334,34 @@ pub const TABLE3_NOISE: [u32; 3] = [0, 20, 40];
 /// The noise kinds of Table 3's noisy-label rows, by their recipe names.
 pub const TABLE3_NOISE_KINDS: [&str; 2] = ["pair", "symmetric"];
 
+/// Whether `root` is a WebFG-style folder of crawled web images (`train/<class>/` with a clean
+/// `val/<class>/`) rather than a CUB-format root.
+pub fn is_webfg_root(root: &Path) -> bool {
+    root.join("train").is_dir() && root.join("val").is_dir() && !root.join("images.txt").is_file()
+}
+
 /// The settings of one Table 3 recipe: `(key, recipe)`. A recipe with a `[noise]` section runs
 /// with clean labels and at every other rate of [`TABLE3_NOISE`] with each kind of
 /// [`TABLE3_NOISE_KINDS`] (its noise seed kept); the others once. The full profile runs the same
-/// heads on the full dataset and says so in the record.
-pub fn table3_settings(name: &str, template: &toml::Value, profile: Profile, seed: u64) -> Result<Vec<(String, toml::Value)>> {
+/// heads on the full dataset and says so in the record. On crawled web images (`web`, full
+/// profile only) the noisy-label recipes run once on the web labels as they are (their noise is
+/// real, so no synthetic noise is added) and the others, which need CUB's attributes, not at all.
+pub fn table3_settings(name: &str, template: &toml::Value, profile: Profile, seed: u64, web: bool) -> Result<Vec<(String, toml::Value)>> {
     let mut base = template.clone();
     set(&mut base, "train", "seed", toml::Value::Integer(seed as i64))?;
     if profile == Profile::Full {
         set(&mut base, "data", "description", toml::Value::String("CUB-200-2011 full".into()))?;
     }
     let key = |suffix: &str| format!("{}-{name}{suffix}-seed{seed}", profile.name());
+    if web {
+        let Some(table) = base.as_table_mut() else { bail!("{name}: the recipe is not a TOML table") };
+        if table.remove("noise").is_none() {
+            return Ok(Vec::new());
+        }
+        set(&mut base, "data", "format", toml::Value::String("webfg".into()))?;
+        set(&mut base, "data", "description", toml::Value::String("WebFG-style crawled web images (real label noise), clean test images".into()))?;
+        return Ok(vec![(key("-web"), base)]);
+    }
     if base.get("noise").is_none() {
         return Ok(vec![(key(""), base)]);
     }
@@ -372,12 +389,19 @@ pub fn table3(ws: &Path, runner: &mut Runner, results_root: &Path, profile: Prof
     std::fs::create_dir_all(&results)?;
     std::fs::create_dir_all(&runs)?;
     let started = std::time::Instant::now();
+    let web = profile == Profile::Full && is_webfg_root(root);
+    if web {
+        println!(
+            "{} holds crawled web images: the noisy-label recipes train on its web labels; the attribute, knowledge, location and 20-questions recipes need CUB's attributes and are not run",
+            root.display()
+        );
+    }
     let mut pending = Vec::new();
     for name in recipe_names(ws, "table3")? {
         let file = format!("recipes/table3/{name}.toml");
         let template: toml::Value = toml::from_str(&std::fs::read_to_string(ws.join(&file))?).with_context(|| format!("{file}: invalid TOML"))?;
         for seed in 0..seeds as u64 {
-            for (key, r) in table3_settings(&name, &template, profile, seed)? {
+            for (key, r) in table3_settings(&name, &template, profile, seed, web)? {
                 pending.extend(stage_recipe(&runs, &results, &key, &r)?);
             }
         }
@@ -478,7 +502,15 @@ mod tests {
         let mut keys = Vec::new();
         for name in &names {
             let template: toml::Value = toml::from_str(&std::fs::read_to_string(ws.join(format!("recipes/table3/{name}.toml"))).expect("read")).expect("toml");
-            let settings = table3_settings(name, &template, Profile::Smoke, 1).expect("settings");
+            let settings = table3_settings(name, &template, Profile::Smoke, 1, false).expect("settings");
+            // On web images: the noisy-label recipes once, without synthetic noise; no other.
+            let web = table3_settings(name, &template, Profile::Full, 1, true).expect("web settings");
+            if template.get("noise").is_some() {
+                assert_eq!(web.len(), 1, "{name}");
+                assert!(web[0].1.get("noise").is_none() && web[0].1["data"]["format"].as_str() == Some("webfg") && web[0].0.ends_with("-web-seed1"));
+            } else {
+                assert!(web.is_empty(), "{name}");
+            }
             let noisy = template.get("noise").is_some();
             assert_eq!(settings.len(), if noisy { 1 + 2 * (TABLE3_NOISE.len() - 1) } else { 1 }, "{name}");
             for (key, r) in &settings {
@@ -502,7 +534,14 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), keys.len());
-        let full = table3_settings("sje", &toml::from_str("[data]\n[train]\n").expect("toml"), Profile::Full, 0).expect("full");
+        let full = table3_settings("sje", &toml::from_str("[data]\n[train]\n").expect("toml"), Profile::Full, 0, false).expect("full");
+        let dir = tempfile::tempdir().expect("tmp");
+        assert!(!is_webfg_root(dir.path()));
+        std::fs::create_dir_all(dir.path().join("train/a")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("val/a")).expect("mkdir");
+        assert!(is_webfg_root(dir.path()));
+        std::fs::write(dir.path().join("images.txt"), "").expect("write");
+        assert!(!is_webfg_root(dir.path()), "a CUB root is not a web folder");
         assert_eq!(full[0].1["data"]["description"].as_str(), Some("CUB-200-2011 full"));
     }
 

@@ -3,7 +3,7 @@
 //! The machine starts from a vision posterior (a trained run's classifier on an image) or, with no
 //! image, from even odds over the dataset's classes, then asks the attribute question with the
 //! largest expected information gain, updates the posterior with the answer (y / n; s skips a
-//! question, q stops) and shows its three best guesses, until its budget of questions is spent or
+//! question, q stops) and shows its five best guesses, until its budget of questions is spent or
 //! it is sure. Answers are read from standard input line by line, so the game can be played by a
 //! person or driven by a program.
 
@@ -85,7 +85,7 @@ pub fn ask<B: Backend>(a: AskArgs, device: B::Device) -> Result<()> {
     };
     let mut out = std::io::stdout().lock();
     let start = if a.image.is_some() { "the image classifier's posterior" } else { "even odds" };
-    writeln!(out, "{} classes, {} attribute questions; starting from {start}: {}", classes.len(), attrs.len(), top(&post, &classes, 3))?;
+    writeln!(out, "{} classes, {} attribute questions; starting from {start}: {}", classes.len(), attrs.len(), top(&post, &classes, 5))?;
     writeln!(out, "Answer y (yes), n (no), s (skip: not visible / not sure) or q (quit).")?;
     let mut asked = vec![false; attrs.len()];
     let mut input = std::io::stdin().lock().lines();
@@ -113,7 +113,7 @@ pub fn ask<B: Backend>(a: AskArgs, device: B::Device) -> Result<()> {
                 continue;
             }
         }
-        writeln!(out, "  now: {}", top(&post, &classes, 3))?;
+        writeln!(out, "  now: {}", top(&post, &classes, 5))?;
     }
     let best = fgia_external::hitl::argmax(&post).unwrap_or(0);
     writeln!(out, "Answer after {t} questions: {} (p = {:.3})", classes[best], post[best])?;

@@ -64,8 +64,9 @@ enum Command {
     /// Chair, ten-view acc@K; one result record per recipe.
     Sbir(RetrievalArgs),
     /// Run recipes with external information (Table 3, §5.3): cross-entropy, co-teaching and
-    /// Peer-learning on noisy labels, attribute embeddings (classifier and zero-shot), the
-    /// 20-questions game; one result record per recipe.
+    /// Peer-learning on noisy labels, attribute embeddings (classifier and zero-shot), KERL's
+    /// knowledge graph, the geo prior with an image classifier, the 20-questions game; one
+    /// result record per recipe.
     External(RetrievalArgs),
     /// Embed a folder of photos (edge maps) with a finished `fgia sbir` run, for `sbir-query`.
     SbirIndex(SbirIndexArgs),

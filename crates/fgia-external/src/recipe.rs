@@ -8,6 +8,8 @@ use fgia_train::recipe::{CachedDataSection, ReportSection};
 use serde::{Deserialize, Serialize};
 
 use crate::Method;
+use crate::geo_prior::GeoSettings;
+use crate::kerl::KerlSettings;
 use crate::noise::NoiseKind;
 
 /// A Table 3 recipe.
@@ -34,7 +36,7 @@ pub struct ExternalRecipe {
 #[serde(deny_unknown_fields)]
 pub struct MethodSection {
     /// Registry name (`cross-entropy`, `co-teaching`, `peer-learning`, `sje`, `sje-zero-shot`,
-    /// `twenty-questions`).
+    /// `twenty-questions`, `kerl`, `geo-prior`).
     pub name: Method,
     /// Co-teaching and Peer-learning: the largest drop rate `ξ`; absent, the noise rate (the
     /// co-teaching paper's assumption that the rate is known).
@@ -56,6 +58,16 @@ pub struct MethodSection {
     /// Twenty questions: the clamp of `p(yes | c, a)` to `[floor, 1 - floor]`.
     #[serde(default = "floor")]
     pub floor: f64,
+    /// KERL: the graph network and the gates (`[method.kerl]`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kerl: KerlSettings,
+    /// Geo prior: the network, its loss and the synthetic ranges (`[method.geo]`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub geo: GeoSettings,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn ten() -> f64 {
@@ -194,6 +206,8 @@ impl ExternalRecipe {
         if !(m.user_noise.is_finite() && (0.0..=1.0).contains(&m.user_noise)) || !(m.floor.is_finite() && (0.0..0.5).contains(&m.floor)) {
             return Err(format!("method: user_noise {} in [0, 1] and floor {} in [0, 0.5)", m.user_noise, m.floor));
         }
+        m.kerl.validate()?;
+        m.geo.validate()?;
         if self.model.hidden > 8192 {
             return Err(format!("model: hidden {} must be at most 8192", self.model.hidden));
         }
@@ -220,7 +234,7 @@ mod tests {
             assert_eq!(ExternalRecipe::parse(&r.to_toml()).expect("round trip"), r);
             n += 1;
         }
-        assert!(n >= 6, "{n} recipes");
+        assert!(n >= 9, "{n} recipes");
     }
 
     #[test]

@@ -22,28 +22,39 @@ use fgia_train::{RunContext, TrainError};
 
 use crate::Method;
 use crate::attribute_embedding::{AttributeEmbedding, SjeMethod, attribute_vectors, predict};
+use crate::geo_prior::{GeoBatch, GeoImageBatch, GeoImageMethod, GeoMethod, Presence, SyntheticRanges, combine, encode};
 use crate::hitl::{Policy, UserModel, simulate};
+use crate::kerl::{Graph, Kerl, KerlMethod};
 use crate::noise::{NoiseKind, NoisyLabels, corrupt, groups_by_last_word};
 use crate::peer::{EpochBatch, Head, NoisyHeads, Rule};
 use crate::recipe::ExternalRecipe;
 
-/// Pooled features of the training views and test images, shared by the recipes of a process.
-pub type SharedFeatures = Vec<(String, FrozenCache)>;
+/// The frozen backbone's last map of the training views and test images, and the same pooled,
+/// shared by the recipes of a process.
+pub struct Features {
+    /// `[C, h, w]` maps (KERL's regions).
+    pub spatial: FrozenCache,
+    /// `[C, 1, 1]` pooled features (every other method).
+    pub pooled: FrozenCache,
+}
+
+/// The features of each backbone, data and view setting a process has built.
+pub type SharedFeatures = Vec<(String, Features)>;
 
 fn features_key(r: &ExternalRecipe, root: &std::path::Path) -> String {
     format!("{}|{}|{}|{}|{}|{}", r.model.backbone.name(), root.display(), r.data.resize, r.data.crop, r.train.views, r.train.seed)
 }
 
-/// The pooled last map of the frozen backbone for `views` augmented views of every training
-/// image and the centre crop of every test image.
-fn pooled_features<'a, B: Backend>(
+/// The last map of the frozen backbone, and its pooled form, for `views` augmented views of every
+/// training image and the centre crop of every test image.
+fn frozen_features<'a, B: Backend>(
     r: &ExternalRecipe,
     ds: &Dataset,
     root: &std::path::Path,
     ctx: &RunContext,
     shared: &'a mut SharedFeatures,
     device: &B::Device,
-) -> Result<&'a FrozenCache, TrainError> {
+) -> Result<&'a Features, TrainError> {
     let key = features_key(r, root);
     if let Some(i) = shared.iter().position(|(k, _)| *k == key) {
         return Ok(&shared[i].1);
@@ -66,7 +77,8 @@ fn pooled_features<'a, B: Backend>(
         device,
         ctx.progress,
     )?;
-    shared.push((key, maps.pooled()));
+    let pooled = maps.pooled();
+    shared.push((key, Features { spatial: maps, pooled }));
     Ok(&shared.last().expect("pushed").1)
 }
 
@@ -116,6 +128,26 @@ impl BatchSource for Maps<'_> {
     }
     fn load(&self, epoch: usize, _step: usize, items: &[usize]) -> Result<MapBatch, TrainError> {
         Ok(self.0.maps(epoch, items))
+    }
+}
+
+/// Pooled training features with the same images' (synthetic) locations and fresh background
+/// points.
+struct GeoImageSource<'a> {
+    images: PooledSource<'a>,
+    presence: &'a Presence,
+    seed: u64,
+}
+
+impl BatchSource for GeoImageSource<'_> {
+    type Batch = GeoImageBatch;
+    fn labels(&self) -> &[usize] {
+        &self.images.labels
+    }
+    fn load(&self, epoch: usize, step: usize, items: &[usize]) -> Result<GeoImageBatch, TrainError> {
+        let maps = self.images.maps(epoch, items);
+        let geo = GeoBatch::draw(self.presence, self.seed, epoch, step, &maps.items);
+        Ok(GeoImageBatch { maps, geo })
     }
 }
 
@@ -189,7 +221,8 @@ pub fn run_recipe<B: AutodiffBackend>(
     engine::check_run_data(run_dir, ctx.resume, &engine::RunData::new(&root, &ds.classes.names))?;
     let classes = ds.num_classes();
     let method = r.method.name;
-    let cache = pooled_features::<B::InnerBackend>(r, &ds, &root, ctx, shared, device)?;
+    let features = frozen_features::<B::InnerBackend>(r, &ds, &root, ctx, shared, device)?;
+    let cache = &features.pooled;
     let dim = cache.shape[0];
     let clean: Vec<usize> = ds.train.iter().map(|x| x.label).collect();
     let (t, seed) = (&r.train, r.train.seed);
@@ -243,6 +276,9 @@ pub fn run_recipe<B: AutodiffBackend>(
                 metrics.insert("noise_pair_flip".into(), f64::from(u8::from(n.kind == NoiseKind::PairFlip)));
                 deviations.push(n.describe());
                 data.push_str(&format!("; {:.0} % {} label noise (synthetic)", 100.0 * n.rate, n.kind.name()));
+            } else if r.data.format == "webfg" {
+                data.push_str("; the crawled web labels as they are (real noise of unknown rate)");
+                deviations.retain(|d| !d.starts_with("synthetic label noise"));
             } else if method.reads_noisy_labels() {
                 data.push_str("; clean labels");
                 metrics.insert("noise_rate".into(), 0.0);
@@ -321,10 +357,150 @@ pub fn run_recipe<B: AutodiffBackend>(
             trained_layers = format!("W ({dim} x {}) of θ(x)ᵀWφ(y) (backbone frozen)", attributes.len());
             loss_text = "symmetric structured joint embedding (image and class sides, 0-1 margin)".into();
         }
+        Method::Kerl => {
+            let attributes = read_class_attributes(&root, classes)?;
+            let graph = Graph::from_percent(&attributes.percent)
+                .map_err(|m| TrainError::Data(fgia_core::DataError::format(root.join("attributes/class_attribute_labels_continuous.txt"), m)))?;
+            let spatial = &features.spatial;
+            let [k, h, w] = spatial.shape;
+            let settings = &r.method.kerl;
+            B::seed(device, seed);
+            let kerl = KerlMethod { model: Kerl::<B>::new(k, &graph, settings, device) };
+            let source = Maps(PooledSource { cache: spatial, images: (0..clean.len()).collect(), labels: clean.clone(), seed });
+            let Some((kerl, train_top1)) = fit(r, ctx, &label, kerl, &source, device)? else { return Ok(None) };
+            let model = kerl.valid().model;
+            let (x, test_labels, missing) = test_features(spatial, &ds, |_| true);
+            let per = k * h * w;
+            let (mut pred, mut scorer_pred) = (Vec::new(), Vec::new());
+            for chunk in x.chunks(64 * per.max(1)) {
+                let n = chunk.len() / per.max(1);
+                let out = model.forward(Tensor::from_data(TensorData::new(chunk.to_vec(), [n, k, h, w]), device));
+                let host = |t: Tensor<B::InnerBackend, 2>| -> Vec<f32> { t.into_data().convert::<f32>().to_vec().unwrap_or_default() };
+                pred.extend(fgia_core::metrics::argmax_rows(&host(out.logits), classes));
+                scorer_pred.extend(fgia_core::metrics::argmax_rows(&host(out.scorer_logits), classes));
+            }
+            metrics.insert("top1".into(), top1(&pred, &test_labels));
+            metrics.insert("top1_score_classifier".into(), top1(&scorer_pred, &test_labels));
+            metrics.insert("chance".into(), 100.0 / classes as f64);
+            metrics.insert("train_top1".into(), train_top1);
+            metrics.insert("test_images".into(), test_labels.len() as f64);
+            metrics.insert("test_images_unreadable".into(), missing as f64);
+            metrics.insert("graph_nodes".into(), graph.nodes() as f64);
+            metrics.insert("graph_edges".into(), graph.s.iter().filter(|&&v| v > 0.0).count() as f64);
+            metrics.insert("knowledge".into(), f64::from(u8::from(settings.knowledge)));
+            data.push_str(&format!(
+                "; graph of {} classes and {} real CUB attributes ({} class-attribute edges)",
+                graph.classes,
+                graph.attributes,
+                graph.s.iter().filter(|&&v| v > 0.0).count()
+            ));
+            if !settings.knowledge {
+                deviations.push("self-guided ablation: the gates see each region alone, not the knowledge graph".into());
+            }
+            deviations
+                .push(format!("H = {}, O = {}, T = {}, regions projected to {} channels", settings.hidden, settings.out, settings.steps, settings.region_dim));
+            trained_layers =
+                format!("the score classifier, the 1x1 projection ({k} to {}), the GGNN, the gates and the classifier (backbone frozen)", settings.region_dim);
+            loss_text = "cross-entropy of KERL's classifier plus cross-entropy of the score classifier".into();
+        }
+        Method::GeoPrior => {
+            let g = &r.method.geo;
+            let ranges = SyntheticRanges::new(classes, g);
+            let features: Vec<f32> = clean
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &c)| {
+                    let (lon, lat) = ranges.draw(c, g.seed, i);
+                    encode(lon, lat, None)
+                })
+                .collect();
+            let presence = Presence { features, labels: clean.clone(), dim: 4 };
+            B::seed(device, seed);
+            let method = GeoImageMethod {
+                head: Head::<B>::new(dim, r.model.hidden, classes, device),
+                prior: GeoMethod { net: g.config(classes).init(device), pos_weight: g.pos_weight },
+            };
+            let source =
+                GeoImageSource { images: PooledSource { cache, images: (0..clean.len()).collect(), labels: clean.clone(), seed }, presence: &presence, seed };
+            let Some((method, train_top1)) = fit(r, ctx, &label, method, &source, device)? else { return Ok(None) };
+            let method = method.valid();
+            let idx: Vec<usize> = (0..ds.test.len()).collect();
+            let (x, kept) = cache.test_batch(&idx, false);
+            let test_labels: Vec<usize> = kept.iter().map(|&k| ds.test[k].label).collect();
+            let image = probabilities(&method.head, x, dim, device);
+            // Test locations: drawn like the training ones (other draws), a share left missing.
+            let located: Vec<Option<(f32, f32)>> = kept
+                .iter()
+                .map(|&i| {
+                    let mut u = fgia_core::rng::SplitMix64::for_item(g.seed ^ 0x7e57, 0, i as u64);
+                    (u.next_f64() >= g.test_missing).then(|| ranges.draw(ds.test[i].label, g.seed ^ 0x7e57, i))
+                })
+                .collect();
+            let with: Vec<usize> = (0..located.len()).filter(|&k| located[k].is_some()).collect();
+            let enc: Vec<f32> = with.iter().flat_map(|&k| located[k].map(|(lo, la)| encode(lo, la, None)).unwrap_or_default()).collect();
+            let sig = burn::tensor::activation::sigmoid(method.prior.net.forward(Tensor::from_data(TensorData::new(enc, [with.len(), 4]), device)));
+            let sig: Vec<f32> = sig.into_data().convert::<f32>().to_vec().unwrap_or_default();
+            let mut prior_of: Vec<Option<&[f32]>> = vec![None; located.len()];
+            for (j, &k) in with.iter().enumerate() {
+                prior_of[k] = Some(&sig[j * classes..(j + 1) * classes]);
+            }
+            let combined: Vec<usize> = image
+                .iter()
+                .zip(&prior_of)
+                .map(|(p, prior)| {
+                    let p32: Vec<f32> = p.iter().map(|&v| v as f32).collect();
+                    let c = combine(&p32, *prior);
+                    fgia_core::metrics::argmax_rows(&c, classes)[0]
+                })
+                .collect();
+            let image_pred = argmax(&image);
+            let subset = |pred: &[usize]| -> f64 {
+                let (p, l): (Vec<usize>, Vec<usize>) = with.iter().map(|&k| (pred[k], test_labels[k])).unzip();
+                top1(&p, &l)
+            };
+            // How well the prior alone knows the ranges: of the test locations, the share whose
+            // own class has σ > 0.5 (recall) and the mean σ of classes whose range excludes them.
+            let (mut hit, mut outside, mut n_out) = (0usize, 0.0f64, 0usize);
+            for (j, &k) in with.iter().enumerate() {
+                let (lo, la) = located[k].expect("located");
+                let row = &sig[j * classes..(j + 1) * classes];
+                hit += usize::from(row[test_labels[k]] > 0.5);
+                for (c, &v) in row.iter().enumerate() {
+                    if !ranges.contains(c, lo, la) {
+                        outside += f64::from(v);
+                        n_out += 1;
+                    }
+                }
+            }
+            metrics.insert("top1".into(), top1(&combined, &test_labels));
+            metrics.insert("top1_image_only".into(), top1(&image_pred, &test_labels));
+            metrics.insert("top1_located_with_prior".into(), subset(&combined));
+            metrics.insert("top1_located_image_only".into(), subset(&image_pred));
+            metrics.insert("prior_recall".into(), 100.0 * hit as f64 / with.len().max(1) as f64);
+            metrics.insert("prior_mean_outside_range".into(), outside / n_out.max(1) as f64);
+            metrics.insert("test_without_location".into(), (located.len() - with.len()) as f64);
+            metrics.insert("chance".into(), 100.0 / classes as f64);
+            metrics.insert("train_top1".into(), train_top1);
+            metrics.insert("test_images".into(), test_labels.len() as f64);
+            metrics.insert("test_images_unreadable".into(), (ds.test.len() - kept.len()) as f64);
+            data.push_str(&format!(
+                "; SYNTHETIC locations: a {}x{} degree range per class, {:.0} % of test images without a location",
+                2.0 * g.range_lon,
+                2.0 * g.range_lat,
+                100.0 * g.test_missing
+            ));
+            deviations.push(format!("no dates, no photographer embedding; λ = {} for {classes} classes; background points on the sphere", g.pos_weight));
+            trained_layers = format!(
+                "the image head on the pooled feature and the geo prior ({} wide, {} residual blocks), trained together (backbone frozen)",
+                g.hidden, g.blocks
+            );
+            loss_text = "cross-entropy of the image head plus the presence-only loss with background points".into();
+        }
     }
     deviations.push(format!(
-        "{} ImageNet backbone frozen: its pooled last map of {} cached views per training image",
+        "{} ImageNet backbone frozen: its {} of {} cached views per training image",
         r.model.backbone.display_name(),
+        if method == Method::Kerl { "last map (7x7 regions at 224 px)" } else { "pooled last map" },
         t.views
     ));
     deviations.extend(r.report.deviations.iter().cloned());

@@ -181,6 +181,8 @@ fn play_ask(root: &Path, class: usize, percent: &[Vec<f32>]) -> String {
     }
     assert!(child.wait().expect("exit").success(), "{seen}");
     assert!(seen.matches("[y/n/s/q]").count() >= 3, "{seen}");
+    // After each answer, the current top-5.
+    assert!(seen.lines().filter(|l| l.starts_with("  now: ")).all(|l| l.matches('%').count() == 5), "{seen}");
     seen.lines().last().unwrap_or_default().to_string()
 }
 
@@ -1028,6 +1030,8 @@ fn external_runs_noisy_labels_attributes_and_twenty_questions() {
         ("sje", String::new()),
         ("sje-zero-shot", "unseen_every = 2".into()),
         ("twenty-questions", "questions = 5\nfloor = 0.0".into()),
+        ("kerl", "[method.kerl]\nregion_dim = 16".into()),
+        ("geo-prior", "[method.geo]\nhidden = 32\nblocks = 1\ndropout = 0.0\npos_weight = 1.0\ntest_missing = 0.3".into()),
     ];
     let mut args: Vec<String> = vec!["external".into(), "--quiet".into(), "--weights".into(), weights.display().to_string()];
     for (m, extra) in &recipes {
@@ -1074,6 +1078,13 @@ fn external_runs_noisy_labels_attributes_and_twenty_questions() {
         assert_eq!(q.metrics[&format!("acc_q{t}_vision")], q.metrics["top1"]);
     }
     assert!(out.contains("after 5 questions: information gain 100.00"), "{out}");
+    // KERL's graph: 4 classes and 5 attributes; the geo prior's row says its locations are
+    // synthetic and counts the test images it left without one.
+    let kerl = rec("kerl");
+    assert_eq!((kerl.metrics["graph_nodes"], kerl.metrics["knowledge"]), (9.0, 1.0));
+    let geo = rec("geo-prior");
+    assert!(geo.data.contains("SYNTHETIC locations") && geo.section.as_deref() == Some("5.3"), "{}", geo.data);
+    assert!(geo.metrics.contains_key("top1_image_only") && geo.metrics["test_without_location"] <= geo.metrics["test_images"]);
     let again = ok(&fgia(&argv));
     assert_eq!(again.matches("skipped").count(), recipes.len(), "{again}");
 }

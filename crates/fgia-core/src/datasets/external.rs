@@ -5,7 +5,10 @@
 //! - [`read_captions`]: the caption layout of Reed et al. (CVPR 2016), `text_c10/<class>/<image
 //!   stem>.txt`, ten sentences per image, one per line;
 //! - [`read_inat_locations`]: iNaturalist-2021-style JSON (`images` with `latitude`, `longitude`
-//!   and `date`; `annotations`; `categories`), the observations of the geographical prior.
+//!   and `date`; `annotations`; `categories`), the observations of the geographical prior;
+//!   [`read_inat_locations_from`] takes them instead from a separate locations file, as the 2017
+//!   and 2018 competitions released them (`train2018_locations.json`: a list of `{id, lat, lon,
+//!   date, ...}`, read by [`read_location_file`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,20 +40,31 @@ pub fn read_webfg(root: &Path) -> Result<Dataset> {
 /// folder is the image's parent folder name): the sentences of each record, and how many records
 /// had no caption file.
 pub fn read_captions(text_dir: &Path, records: &[Record]) -> Result<(Vec<Vec<String>>, usize)> {
+    let files = records
+        .iter()
+        .map(|r| {
+            let class = r.path.parent().and_then(Path::file_name);
+            let stem = r.path.file_stem();
+            let (Some(class), Some(stem)) = (class, stem) else {
+                return Err(DataError::format(&r.path, "an image path without a class folder or a file name"));
+            };
+            Ok(text_dir.join(class).join(stem).with_extension("txt"))
+        })
+        .collect::<Result<Vec<PathBuf>>>()?;
+    read_caption_files(&files)
+}
+
+/// Reads caption files, one per record: the non-blank trimmed lines of each (an empty list for a
+/// missing file), and how many were missing. A file that is not UTF-8 is an error at its line.
+pub(crate) fn read_caption_files(files: &[PathBuf]) -> Result<(Vec<Vec<String>>, usize)> {
     let mut missing = 0;
-    let mut out = Vec::with_capacity(records.len());
-    for r in records {
-        let class = r.path.parent().and_then(Path::file_name);
-        let stem = r.path.file_stem();
-        let (Some(class), Some(stem)) = (class, stem) else {
-            return Err(DataError::format(&r.path, "an image path without a class folder or a file name"));
-        };
-        let file = text_dir.join(class).join(stem).with_extension("txt");
-        match std::fs::read(&file) {
+    let mut out = Vec::with_capacity(files.len());
+    for file in files {
+        match std::fs::read(file) {
             Ok(bytes) => {
                 let text = String::from_utf8(bytes).map_err(|e| {
                     let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
-                    DataError::malformed(&file, line, "not valid UTF-8")
+                    DataError::malformed(file, line, "not valid UTF-8")
                 })?;
                 out.push(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect());
             }
@@ -58,7 +72,7 @@ pub fn read_captions(text_dir: &Path, records: &[Record]) -> Result<(Vec<Vec<Str
                 missing += 1;
                 out.push(Vec::new());
             }
-            Err(e) => return Err(DataError::io(&file, e)),
+            Err(e) => return Err(DataError::io(file, e)),
         }
     }
     Ok((out, missing))
@@ -126,8 +140,17 @@ pub fn day_of_year(date: &str) -> Option<u32> {
 /// A location outside the globe, half a location, or a date that is not a calendar date is an
 /// error naming the image id; a missing location or date is kept as `None`.
 pub fn read_inat_locations(json: &Path, image_root: &Path) -> Result<(Vec<GeoRecord>, Vec<String>)> {
+    read_inat_locations_from(json, image_root, None)
+}
+
+/// [`read_inat_locations`], with the locations and dates taken from a separate `locations` file
+/// (see [`read_location_file`]) when one is given, matched by image id. An image the locations
+/// file does not list has neither (`None`: no prior is used for it); the fields embedded in the
+/// image entries are then ignored.
+pub fn read_inat_locations_from(json: &Path, image_root: &Path, locations: Option<&Path>) -> Result<(Vec<GeoRecord>, Vec<String>)> {
     let text = std::fs::read_to_string(json).map_err(|e| DataError::io(json, e))?;
     let file: InatFile = serde_json::from_str(&text).map_err(|e| DataError::malformed(json, e.line(), e.to_string()))?;
+    let fixes = locations.map(read_location_file).transpose()?;
     let mut cats: Vec<(u64, String)> = file.categories.into_iter().map(|c| (c.id, c.name)).collect();
     cats.sort();
     if cats.windows(2).any(|w| w[0].0 == w[1].0) {
@@ -148,23 +171,72 @@ pub fn read_inat_locations(json: &Path, image_root: &Path) -> Result<(Vec<GeoRec
         if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
             return Err(DataError::format(json, format!("image {}: file name '{}' leaves the image root", im.id, im.file_name)));
         }
-        let location = match (im.longitude, im.latitude) {
+        let fix = match &fixes {
+            Some(map) => map.get(&im.id).copied().unwrap_or_default(),
+            None => GeoFix::checked(json, im.id, im.longitude, im.latitude, im.date.as_deref())?,
+        };
+        out.push(GeoRecord { path: image_root.join(rel), label, location: fix.location, day_of_year: fix.day_of_year });
+    }
+    Ok((out, cats.into_iter().map(|(_, n)| n).collect()))
+}
+
+/// Where and when one image was taken, as far as known.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GeoFix {
+    /// Longitude and latitude in degrees.
+    pub location: Option<(f32, f32)>,
+    /// Day of the year (1..=366).
+    pub day_of_year: Option<u32>,
+}
+
+impl GeoFix {
+    /// Validates raw fields of image `id` read from `file`: a location on the globe (both or
+    /// neither coordinate) and a `YYYY-MM-DD` date; an empty date counts as none.
+    fn checked(file: &Path, id: u64, lon: Option<f64>, lat: Option<f64>, date: Option<&str>) -> Result<GeoFix> {
+        let location = match (lon, lat) {
             (Some(lon), Some(lat)) => {
                 if !(lon.is_finite() && lat.is_finite() && (-180.0..=180.0).contains(&lon) && (-90.0..=90.0).contains(&lat)) {
-                    return Err(DataError::format(json, format!("image {}: location ({lon}, {lat}) is not on the globe", im.id)));
+                    return Err(DataError::format(file, format!("image {id}: location ({lon}, {lat}) is not on the globe")));
                 }
                 Some((lon as f32, lat as f32))
             }
             (None, None) => None,
-            _ => return Err(DataError::format(json, format!("image {}: a longitude without a latitude, or the reverse", im.id))),
+            _ => return Err(DataError::format(file, format!("image {id}: a longitude without a latitude, or the reverse"))),
         };
-        let day = match im.date.as_deref().filter(|d| !d.is_empty()) {
-            Some(d) => Some(day_of_year(d).ok_or_else(|| DataError::format(json, format!("image {}: date '{d}' is not YYYY-MM-DD", im.id)))?),
+        let day_of_year = match date.map(str::trim).filter(|d| !d.is_empty()) {
+            Some(d) => Some(day_of_year(d).ok_or_else(|| DataError::format(file, format!("image {id}: date '{d}' is not YYYY-MM-DD")))?),
             None => None,
         };
-        out.push(GeoRecord { path: image_root.join(rel), label, location, day_of_year: day });
+        Ok(GeoFix { location, day_of_year })
     }
-    Ok((out, cats.into_iter().map(|(_, n)| n).collect()))
+}
+
+#[derive(Deserialize)]
+struct LocationEntry {
+    id: u64,
+    #[serde(default)]
+    lat: Option<f64>,
+    #[serde(default)]
+    lon: Option<f64>,
+    #[serde(default)]
+    date: Option<String>,
+}
+
+/// Reads a locations file of the iNaturalist 2017 / 2018 release (`val2018_locations.json`): a
+/// JSON list of objects with the image `id`, `lat`, `lon` and `date` (any may be null; other
+/// fields are ignored). Returns each image's [`GeoFix`] by id. An id listed twice, a location
+/// off the globe or a date that is not a calendar date is an error naming the file and the id.
+pub fn read_location_file(path: &Path) -> Result<HashMap<u64, GeoFix>> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    let entries: Vec<LocationEntry> = serde_json::from_str(&text).map_err(|e| DataError::malformed(path, e.line(), e.to_string()))?;
+    let mut out = HashMap::with_capacity(entries.len());
+    for e in entries {
+        let fix = GeoFix::checked(path, e.id, e.lon, e.lat, e.date.as_deref())?;
+        if out.insert(e.id, fix).is_some() {
+            return Err(DataError::format(path, format!("image {} is listed twice", e.id)));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -12,7 +12,10 @@ mod cub;
 mod cub_attributes;
 mod dogs;
 mod external;
+mod flowers;
+mod inat;
 mod list;
+mod nabirds;
 mod qmul;
 mod text;
 
@@ -28,8 +31,11 @@ pub use cars::read_cars;
 pub use cub::read_cub;
 pub use cub_attributes::{ClassAttributes, read_class_attributes};
 pub use dogs::read_dogs;
-pub use external::{GeoRecord, day_of_year, read_captions, read_inat_locations, read_webfg};
+pub use external::{GeoFix, GeoRecord, day_of_year, read_captions, read_inat_locations, read_inat_locations_from, read_location_file, read_webfg};
+pub use flowers::{read_flowers, read_flowers_captions};
+pub use inat::{InatYear, read_inat};
 pub use list::{read_image_folder, read_list_files};
+pub use nabirds::read_nabirds;
 pub use qmul::{SketchDataset, SketchSplit, TripletSampler, read_qmul};
 
 use crate::error::{DataError, Result};
@@ -58,7 +64,7 @@ impl BBox {
     }
 }
 
-/// A part location (CUB's 15 keypoints).
+/// A part location (CUB's 15 keypoints, NABirds' 11).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Part {
     /// Part id as in `parts/parts.txt`.
@@ -171,11 +177,32 @@ pub enum DatasetKind {
     Cars,
     /// FGVC-Aircraft (variant level, trainval/test).
     Aircraft,
+    /// NABirds (555 leaf classes, with the `parent` and `top` levels of its hierarchy).
+    Nabirds,
+    /// Oxford Flowers-102 (train + val / test).
+    Flowers,
+    /// iNaturalist 2017 (train / val; the test set has no public labels).
+    Inat2017,
+    /// iNaturalist 2018 (train / val; the test set has no public labels).
+    Inat2018,
+    /// A WebFG-style folder of crawled web images (`train/<class>/`, noisy labels) with a clean
+    /// `val/<class>/` test set (WebFG-496's web-bird, web-car, web-aircraft).
+    Webfg,
 }
 
 impl DatasetKind {
     /// All kinds, in the survey's order.
-    pub const ALL: [DatasetKind; 4] = [DatasetKind::Cub, DatasetKind::Dogs, DatasetKind::Cars, DatasetKind::Aircraft];
+    pub const ALL: [DatasetKind; 9] = [
+        DatasetKind::Cub,
+        DatasetKind::Dogs,
+        DatasetKind::Cars,
+        DatasetKind::Aircraft,
+        DatasetKind::Nabirds,
+        DatasetKind::Flowers,
+        DatasetKind::Inat2017,
+        DatasetKind::Inat2018,
+        DatasetKind::Webfg,
+    ];
 
     /// Command-line name.
     pub fn name(self) -> &'static str {
@@ -184,6 +211,11 @@ impl DatasetKind {
             DatasetKind::Dogs => "dogs",
             DatasetKind::Cars => "cars",
             DatasetKind::Aircraft => "aircraft",
+            DatasetKind::Nabirds => "nabirds",
+            DatasetKind::Flowers => "flowers",
+            DatasetKind::Inat2017 => "inat2017",
+            DatasetKind::Inat2018 => "inat2018",
+            DatasetKind::Webfg => "webfg",
         }
     }
 
@@ -194,6 +226,11 @@ impl DatasetKind {
             DatasetKind::Dogs => "Stanford-Dogs",
             DatasetKind::Cars => "Stanford-Cars",
             DatasetKind::Aircraft => "FGVC-Aircraft",
+            DatasetKind::Nabirds => "NABirds",
+            DatasetKind::Flowers => "Oxford Flowers-102",
+            DatasetKind::Inat2017 => "iNat2017",
+            DatasetKind::Inat2018 => "iNat2018",
+            DatasetKind::Webfg => "WebFG (web images)",
         }
     }
 
@@ -204,7 +241,19 @@ impl DatasetKind {
             DatasetKind::Dogs => read_dogs(root, opts),
             DatasetKind::Cars => read_cars(root, opts),
             DatasetKind::Aircraft => read_aircraft(root, AircraftSplit::TrainvalTest, false, opts),
+            DatasetKind::Nabirds => read_nabirds(root, opts),
+            DatasetKind::Flowers => read_flowers(root, opts),
+            DatasetKind::Inat2017 => read_inat(root, InatYear::Y2017, opts),
+            DatasetKind::Inat2018 => read_inat(root, InatYear::Y2018, opts),
+            // Class folders have no malformed lines to skip.
+            DatasetKind::Webfg => read_webfg(root),
         }
+    }
+
+    /// Whether `cargo xtask download` knows the dataset: WebFG's archives are linked from its
+    /// authors' repository without sizes or checksums, so it has no manifest.
+    pub fn has_manifest(self) -> bool {
+        !matches!(self, DatasetKind::Webfg)
     }
 
     /// The standard class-disjoint retrieval split (train classes, by original id), where one
@@ -227,7 +276,10 @@ impl fmt::Display for DatasetKind {
 impl FromStr for DatasetKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        DatasetKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| format!("unknown dataset '{s}' (known: cub, dogs, cars, aircraft)"))
+        DatasetKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let known: Vec<&str> = DatasetKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown dataset '{s}' (known: {})", known.join(", "))
+        })
     }
 }
 
@@ -349,8 +401,6 @@ impl Strictness {
     }
 }
 
-/// Keeps only the classes used by some record and re-indexes the labels of both splits.
-/// `labels` in the records are indices into `all`.
 /// Whether a path read from an annotation file stays inside the dataset root once joined to it:
 /// not empty, not absolute, and without a `..` component (with `/` or `\\` as separators).
 /// Reading only regular files is the image loader's rule ([`crate::imaging::read_image_file`]).
@@ -358,6 +408,8 @@ pub(crate) fn stays_inside(p: &str) -> bool {
     !p.is_empty() && !p.starts_with(['/', '\\']) && !Path::new(p).is_absolute() && p.split(['/', '\\']).all(|c| c != "..")
 }
 
+/// Keeps only the classes used by some record and re-indexes the labels of both splits.
+/// `labels` in the records are indices into `all`.
 pub(crate) fn compact_classes(all: &ClassTable, train: &mut [Record], test: &mut [Record]) -> ClassTable {
     let mut used = vec![false; all.len()];
     for r in train.iter().chain(test.iter()) {

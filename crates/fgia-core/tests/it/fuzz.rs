@@ -1,11 +1,14 @@
-//! Fuzz targets of the MAT reader, the CUB and FGVC-Aircraft list parsers, CUB's attribute
-//! tables and the iNaturalist JSON reader
+//! Fuzz targets of the MAT reader, the CUB, NABirds and FGVC-Aircraft list parsers, CUB's
+//! attribute tables, the Flowers-102 MAT files, and the iNaturalist JSON and locations readers
 //! ([`fgia_core::fuzz`]): every mutated input is a value or an error, never a panic.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fgia_core::datasets::{AircraftSplit, ReadOptions, read_aircraft, read_class_attributes, read_cub, read_inat_locations};
+use fgia_core::datasets::{
+    AircraftSplit, InatYear, ReadOptions, read_aircraft, read_class_attributes, read_cub, read_flowers, read_inat, read_inat_locations, read_location_file,
+    read_nabirds,
+};
 use fgia_core::fuzz;
 use fgia_core::mat::MatFile;
 use fgia_core::mat::write::{cell_column, column, string, struct_row, to_bytes};
@@ -106,4 +109,46 @@ fn fuzz_the_attribute_and_inat_readers() {
     fuzz_lists("cub-attributes", &files, 300, |root, _| read_class_attributes(root, 2).map(|_| ()));
     let json = br#"{"images": [{"id": 1, "file_name": "a/1.jpg", "latitude": 37.7, "longitude": -122.4, "date": "2019-06-01 10:00:00"}, {"id": 2, "file_name": "b/2.jpg"}], "annotations": [{"image_id": 1, "category_id": 20}, {"image_id": 2, "category_id": 10}], "categories": [{"id": 20, "name": "b"}, {"id": 10, "name": "a"}]}"#;
     fuzz_lists("inat-json", &[("train.json", json.to_vec())], 400, |root, _| read_inat_locations(&root.join("train.json"), root).map(|_| ()));
+}
+
+#[test]
+fn fuzz_the_nabirds_lists() {
+    let files: Vec<(&str, Vec<u8>)> = crate::datasets_external::nabirds_files().into_iter().map(|(n, t)| (n, t.into_bytes())).collect();
+    fuzz_lists("nabirds", &files, 500, |root, options| read_nabirds(root, options).map(|_| ()));
+}
+
+#[test]
+fn fuzz_the_inat_files_and_locations() {
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("train2018.json", crate::datasets_external::inat_json("train_val2018", &[(100, 7), (101, 2), (102, 5)], true).into_bytes()),
+        ("val2018.json", crate::datasets_external::inat_json("train_val2018", &[(200, 7), (201, 5)], true).into_bytes()),
+        ("val2018_locations.json", crate::datasets_external::LOCATIONS_VAL.as_bytes().to_vec()),
+    ];
+    fuzz_lists("inat2018", &files, 600, |root, options| {
+        read_inat(root, InatYear::Y2018, options)?;
+        read_location_file(&root.join("val2018_locations.json")).map(|_| ())
+    });
+}
+
+#[test]
+fn fuzz_the_flowers_mat_files() {
+    let row = |v: &[f64]| fgia_core::mat::MatValue::Numeric { dims: vec![1, v.len()], data: v.to_vec() };
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("imagelabels.mat", to_bytes(&[("labels", row(&[1.0, 1.0, 2.0, 2.0, 102.0, 102.0]))], true)),
+        ("setid.mat", to_bytes(&[("trnid", row(&[1.0, 3.0])), ("valid", row(&[5.0])), ("tstid", row(&[2.0, 4.0, 6.0]))], false)),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crashes = fuzz::crash_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, (name, bytes)) in files.iter().enumerate() {
+        let r = fuzz::run(&format!("flowers-{name}"), std::slice::from_ref(bytes), fuzz::budget(20_000) / 10, 700 + k as u64, false, &crashes, |b| {
+            write_all(dir.path(), &files);
+            std::fs::write(dir.path().join(name), b).expect("write");
+            for options in [ReadOptions { skip_bad: false }, ReadOptions { skip_bad: true }] {
+                read_flowers(dir.path(), options)?;
+            }
+            Ok::<(), fgia_core::DataError>(())
+        });
+        assert_clean(&r);
+        assert!(r.accepted > 0 && r.accepted < r.executions, "the mutations reach both outcomes: {r:?}");
+    }
 }

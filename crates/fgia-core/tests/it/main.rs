@@ -1,5 +1,6 @@
 //! Integration tests of fgia-core.
 
 mod datasets;
+mod datasets_external;
 mod fuzz;
 mod images;

@@ -315,6 +315,11 @@ fn table3_page_marks_what_each_row_is_draws_both_charts_and_computes_no_delta() 
         q.metrics.insert(format!("acc_q{t}_info_gain"), (70.0 + 3.0 * t as f64).min(100.0));
     }
     put(q);
+    let mut geo = record(&run, 224, 224, 0, 80.0);
+    geo.table = "table3".into();
+    geo.method = "Geo prior x image classifier (synthetic locations)".into();
+    geo.section = Some("5.3".into());
+    put(geo);
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/reference/survey-results.csv");
     let out = dir.path().join("reports");
     fgia_report::render(&results, &reference, &out).expect("renders");
@@ -337,7 +342,11 @@ fn table3_page_marks_what_each_row_is_draws_both_charts_and_computes_no_delta() 
     assert!(svg.contains("information gain") && svg.contains("random questions"), "legend");
     assert!(t3.contains("<b>100.0</b>"), "{t3}");
     // The rows that need data, each with its reader.
-    assert!(t3.contains("Needs data") && t3.contains("read_captions") && t3.contains("read_inat_locations"), "{t3}");
+    assert!(t3.contains("Needs data") && t3.contains("read_captions") && t3.contains("read_inat"), "{t3}");
+    // The geo prior's row says its locations are synthetic; KERL runs, so it needs no data.
+    assert!(t3.contains("SYNTHETIC locations"), "{t3}");
+    let needs = t3.split("<h2>Needs data</h2>").nth(1).and_then(|s| s.split("</table>").next()).expect("needs-data table");
+    assert!(!needs.contains("KERL"), "{needs}");
     let index = std::fs::read_to_string(out.join("index.html")).expect("index");
-    assert!(index.contains("table3.html") && index.contains("16 runs"), "{index}");
+    assert!(index.contains("table3.html") && index.contains("17 runs"), "{index}");
 }
