@@ -319,6 +319,7 @@ fn table3_page_marks_what_each_row_is_draws_both_charts_and_computes_no_delta() 
     geo.table = "table3".into();
     geo.method = "Geo prior x image classifier (synthetic locations)".into();
     geo.section = Some("5.3".into());
+    geo.metrics.insert("top1_image_only".into(), 75.0);
     put(geo);
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/reference/survey-results.csv");
     let out = dir.path().join("reports");
@@ -344,7 +345,10 @@ fn table3_page_marks_what_each_row_is_draws_both_charts_and_computes_no_delta() 
     // The rows that need data, each with its reader.
     assert!(t3.contains("Needs data") && t3.contains("read_captions") && t3.contains("read_inat"), "{t3}");
     // The geo prior's row says its locations are synthetic; KERL runs, so it needs no data.
-    assert!(t3.contains("SYNTHETIC locations"), "{t3}");
+    assert!(t3.contains("SYNTHETIC locations") && t3.contains("no offline benchmark data"), "{t3}");
+    // Its image classifier alone beside it, with the gain: 80.0 against 75.0.
+    let extra = t3.split("What the extra information adds").nth(1).and_then(|s| s.split("</table>").next()).expect("extra-information table");
+    assert!(extra.contains("75.0") && extra.contains("<b>80.0</b>") && extra.contains("+5.0"), "{extra}");
     let needs = t3.split("<h2>Needs data</h2>").nth(1).and_then(|s| s.split("</table>").next()).expect("needs-data table");
     assert!(!needs.contains("KERL"), "{needs}");
     let index = std::fs::read_to_string(out.join("index.html")).expect("index");
