@@ -17,7 +17,7 @@ use fgia_train::{Outcome, Recipe, RunContext, load_dataset, load_trained, train_
 use serde::Serialize;
 
 use crate::{Command, EmbedArgs, EvalArgs, InfoArgs, LoaderArgs, Placement, PredictArgs, TrainArgs};
-use crate::{encoding, external, retrieval, sbir};
+use crate::{encoding, external, localization, retrieval, sbir};
 
 /// Runs one command on backend `B` (training uses `Autodiff<B>`).
 pub fn run<B: Backend>(command: Command, device: B::Device, place: Placement) -> Result<()> {
@@ -31,6 +31,7 @@ pub fn run<B: Backend>(command: Command, device: B::Device, place: Placement) ->
         Command::Encoding(a) => encoding::encoding::<B>(a, device, place),
         Command::Sbir(a) => sbir::sbir::<B>(a, device, place),
         Command::External(a) => external::external::<B>(a, device, place),
+        Command::Localization(a) => localization::localization::<B>(a, device, place),
         Command::SbirIndex(a) => sbir::sbir_index::<B>(a, device),
         Command::SbirQuery(a) => sbir::sbir_query::<B>(a, device),
         Command::Index(a) => retrieval::index::<B>(a, device),

@@ -8,6 +8,7 @@ mod commands;
 mod device_check;
 mod encoding;
 mod external;
+mod localization;
 mod npy;
 mod retrieval;
 mod sbir;
@@ -68,6 +69,11 @@ enum Command {
     /// knowledge graph, the geo prior with an image classifier, the 20-questions game; one
     /// result record per recipe.
     External(RetrievalArgs),
+    /// Run localization-classification recipes (Table 2, §5.1): Part-based R-CNN, DFL-CNN,
+    /// S3N, RA-CNN, MA-CNN, OSME + MAMC, TASN, STN, NTS-Net, and WS-DAN and CAL (not in the
+    /// survey); cached rounds on the frozen trunk, crops resampled on pixels; one result record
+    /// and a `looks.svg` (what the method looked at on 8 test images) per recipe.
+    Localization(RetrievalArgs),
     /// Embed a folder of photos (edge maps) with a finished `fgia sbir` run, for `sbir-query`.
     SbirIndex(SbirIndexArgs),
     /// Rank the photos of an SBIR index for sketches: top-K with energies, and an HTML page.

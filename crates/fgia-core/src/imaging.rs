@@ -103,7 +103,8 @@ pub enum Normalize {
 }
 
 impl Normalize {
-    fn mean_std(self) -> ([f32; 3], [f32; 3]) {
+    /// The per-channel mean and standard deviation subtracted and divided (in `[0, 255]` units).
+    pub fn mean_std(self) -> ([f32; 3], [f32; 3]) {
         match self {
             Normalize::Imagenet => ([0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0], [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0]),
             Normalize::Symmetric127 => ([127.0; 3], [128.0; 3]),

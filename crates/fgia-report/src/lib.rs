@@ -509,39 +509,68 @@ fn run_body(l: &Loaded, out: &Path) -> Result<String, ReportError> {
         esc(&l.path.display().to_string())
     );
     let run_dir = PathBuf::from(&r.run_dir);
-    match read_metrics(&run_dir) {
-        Ok(m) if !m.is_empty() => {
-            let stem = run_page_name(l).trim_end_matches(".html").to_string();
-            let loss =
-                Series { label: "training loss".into(), points: m.iter().map(|e| (e.epoch as f64, e.train_loss, 0.0)).collect(), colour: 2, dashed: false };
-            let svg = line_chart("Training loss per epoch", "epoch", if r.table == "table5" { "loss" } else { "cross-entropy" }, &[loss], None)?;
-            write(&out.join(format!("{stem}-loss.svg")), &svg)?;
-            let train_label =
-                if r.table == "table5" { "training-batch Recall@1 (nearest other item of the batch)" } else { "training top-1 (augmented batches)" };
-            let mut acc =
-                vec![Series { label: train_label.into(), points: m.iter().map(|e| (e.epoch as f64, e.train_top1, 0.0)).collect(), colour: 1, dashed: false }];
-            let test: Vec<(f64, f64, f64)> = m.iter().filter_map(|e| e.test_top1.map(|t| (e.epoch as f64, t, 0.0))).collect();
-            if !test.is_empty() {
-                acc.push(Series { label: "test top-1 (curve only)".into(), points: test, colour: 3, dashed: false });
-            }
-            let svg = line_chart("Accuracy per epoch", "epoch", if r.table == "table5" { "%" } else { "top-1 (%)" }, &acc, None)?;
-            write(&out.join(format!("{stem}-accuracy.svg")), &svg)?;
-            let _ = writeln!(
-                body,
-                "<h2>Training curves</h2>\n<p><img src=\"{stem}-loss.svg\" alt=\"training loss\"></p>\n<p><img src=\"{stem}-accuracy.svg\" alt=\"accuracy\"></p>"
-            );
-            body.push_str("<table><tr><th>Epoch</th><th>Loss</th><th>Train top-1</th><th>LR</th><th>Grad norm</th><th>Seconds</th></tr>\n");
-            for e in &m {
+    let stem = run_page_name(l).trim_end_matches(".html").to_string();
+    // What a localization method looked at (its run folder's looks.svg), copied beside the page.
+    let looks = run_dir.join("looks.svg");
+    if let Ok(svg) = std::fs::read_to_string(&looks) {
+        write(&out.join(format!("{stem}-looks.svg")), &svg)?;
+        let _ = writeln!(
+            body,
+            "<h2>What the method looked at</h2>\n<p class=\"muted\">Eight test images spread over the test split, as the method saw them (the evaluation crop), with its boxes, attention or saliency maps and sampling grids, and its prediction.</p>\n<p><img src=\"{stem}-looks.svg\" alt=\"crops, attention maps and samples on eight test images\"></p>"
+        );
+    }
+    // Training curves: the run's own metrics, or those of each of its rounds (§5.1 runs train in
+    // rounds, one folder each).
+    let mut sources: Vec<(String, PathBuf)> = vec![(String::new(), run_dir.clone())];
+    if !run_dir.join("metrics.jsonl").is_file() {
+        let mut rounds: Vec<PathBuf> =
+            std::fs::read_dir(&run_dir).into_iter().flatten().filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("metrics.jsonl").is_file()).collect();
+        rounds.sort();
+        if !rounds.is_empty() {
+            sources = rounds.into_iter().map(|p| (p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), p)).collect();
+        }
+    }
+    for (round, dir) in &sources {
+        let suffix = if round.is_empty() { String::new() } else { format!("-{}", safe_name(round)) };
+        let title = if round.is_empty() { String::new() } else { format!(" ({round})") };
+        match read_metrics(dir) {
+            Ok(m) if !m.is_empty() => {
+                let loss =
+                    Series { label: "training loss".into(), points: m.iter().map(|e| (e.epoch as f64, e.train_loss, 0.0)).collect(), colour: 2, dashed: false };
+                let svg = line_chart("Training loss per epoch", "epoch", if r.table == "table5" { "loss" } else { "cross-entropy" }, &[loss], None)?;
+                write(&out.join(format!("{stem}{suffix}-loss.svg")), &svg)?;
+                let train_label =
+                    if r.table == "table5" { "training-batch Recall@1 (nearest other item of the batch)" } else { "training top-1 (augmented batches)" };
+                let mut acc = vec![Series {
+                    label: train_label.into(),
+                    points: m.iter().map(|e| (e.epoch as f64, e.train_top1, 0.0)).collect(),
+                    colour: 1,
+                    dashed: false,
+                }];
+                let test: Vec<(f64, f64, f64)> = m.iter().filter_map(|e| e.test_top1.map(|t| (e.epoch as f64, t, 0.0))).collect();
+                if !test.is_empty() {
+                    acc.push(Series { label: "test top-1 (curve only)".into(), points: test, colour: 3, dashed: false });
+                }
+                let svg = line_chart("Accuracy per epoch", "epoch", if r.table == "table5" { "%" } else { "top-1 (%)" }, &acc, None)?;
+                write(&out.join(format!("{stem}{suffix}-accuracy.svg")), &svg)?;
                 let _ = writeln!(
                     body,
-                    "<tr><td class=\"num\">{}</td><td class=\"num\">{:.4}</td><td class=\"num\">{:.1}</td><td class=\"num\">{:.2e}</td><td class=\"num\">{:.2}</td><td class=\"num\">{:.0}</td></tr>",
-                    e.epoch, e.train_loss, e.train_top1, e.lr, e.grad_norm, e.seconds
+                    "<h2>Training curves{t}</h2>\n<p><img src=\"{stem}{suffix}-loss.svg\" alt=\"training loss\"></p>\n<p><img src=\"{stem}{suffix}-accuracy.svg\" alt=\"accuracy\"></p>",
+                    t = esc(&title)
                 );
+                body.push_str("<table><tr><th>Epoch</th><th>Loss</th><th>Train top-1</th><th>LR</th><th>Grad norm</th><th>Seconds</th></tr>\n");
+                for e in &m {
+                    let _ = writeln!(
+                        body,
+                        "<tr><td class=\"num\">{}</td><td class=\"num\">{:.4}</td><td class=\"num\">{:.1}</td><td class=\"num\">{:.2e}</td><td class=\"num\">{:.2}</td><td class=\"num\">{:.0}</td></tr>",
+                        e.epoch, e.train_loss, e.train_top1, e.lr, e.grad_norm, e.seconds
+                    );
+                }
+                body.push_str("</table>\n");
             }
-            body.push_str("</table>\n");
-        }
-        _ => {
-            let _ = writeln!(body, "<p class=\"muted\">No training curves: {} has no readable metrics.jsonl.</p>", esc(&run_dir.display().to_string()));
+            _ => {
+                let _ = writeln!(body, "<p class=\"muted\">No training curves: {} has no readable metrics.jsonl.</p>", esc(&dir.display().to_string()));
+            }
         }
     }
     let p = &r.protocol;

@@ -55,7 +55,13 @@ fn paper_backbone(records: &[&Loaded], method: &str) -> &'static [&'static str] 
 /// in for, else the first row; with the number of other rows.
 fn paper_row<'a>(refs: &[&'a ReferenceValue], method: &str, dataset: &str, backbones: &[&str]) -> Option<(&'a ReferenceValue, usize)> {
     let rows: Vec<&ReferenceValue> = refs.iter().copied().filter(|r| r.method == method && r.dataset == dataset).collect();
-    let pick = backbones.iter().find_map(|b| rows.iter().copied().find(|r| r.backbone.starts_with(b))).or_else(|| rows.first().copied())?;
+    // Of a method's rows on one backbone, the survey's headline value first.
+    let headline = |b: &str| rows.iter().copied().filter(|r| r.backbone.starts_with(b)).max_by_key(|r| r.note.contains("headline value"));
+    let pick = backbones
+        .iter()
+        .find_map(|b| headline(b))
+        .or_else(|| rows.iter().copied().find(|r| r.note.contains("headline value")))
+        .or_else(|| rows.first().copied())?;
     Some((pick, rows.len() - 1))
 }
 
@@ -144,7 +150,26 @@ pub fn table2_body(records: &[&Loaded], reference: &[&ReferenceValue]) -> Result
                             esc(&p.provenance_label())
                         );
                     }
-                    None => row.push_str("<td colspan=\"4\" class=\"muted\">not in the survey's table</td>"),
+                    None => match ref_methods.iter().find(|m| method.starts_with(&format!("{m}, "))) {
+                        // A setting of a survey method ("Part-based R-CNN, oracle box and parts at test").
+                        Some(base) => {
+                            let notes: Vec<String> = refs
+                                .iter()
+                                .filter(|r| r.method == *base && r.dataset == dataset)
+                                .map(|r| {
+                                    let mark = if r.is_unverified() { "UNVERIFIED " } else { "" };
+                                    format!("{mark}{:.1}{}", r.value, if r.note.is_empty() { String::new() } else { format!(" ({})", r.note) })
+                                })
+                                .collect();
+                            let _ = write!(
+                                row,
+                                "<td colspan=\"4\" class=\"muted\">a setting of {} (the survey's rows: {}); no Δ</td>",
+                                esc(base),
+                                esc(&if notes.is_empty() { "none on this dataset".to_string() } else { notes.join("; ") })
+                            );
+                        }
+                        None => row.push_str("<td colspan=\"4\" class=\"muted\">not in the survey's table</td>"),
+                    },
                 }
                 let df_rows: Vec<usize> =
                     df.as_ref().map(|df| ours.iter().copied().filter(|&i| get_str(df, "dataset", i) == dataset).collect()).unwrap_or_default();

@@ -249,6 +249,19 @@ impl FrozenCache {
         (data, kept)
     }
 
+    /// The map of training image `i`, view `v` (`None` when it could not be decoded).
+    pub fn train_view(&self, i: usize, v: usize) -> Option<&[f32]> {
+        if v >= self.views {
+            return None;
+        }
+        self.train.get(i * self.views + v).and_then(|m| m.as_deref())
+    }
+
+    /// The map of test image `i` (centre crop).
+    pub fn test_map(&self, i: usize) -> Option<&[f32]> {
+        self.test.get(i).and_then(|m| m.as_deref())
+    }
+
     /// Whether mirrored test maps were built.
     pub fn has_flipped_test(&self) -> bool {
         !self.test_flipped.is_empty()

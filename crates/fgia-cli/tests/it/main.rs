@@ -1090,3 +1090,140 @@ fn external_runs_noisy_labels_attributes_and_twenty_questions() {
     let again = ok(&fgia(&argv));
     assert_eq!(again.matches("skipped").count(), recipes.len(), "{again}");
 }
+
+/// Boxes and CUB's 15 keypoints for a generated CUB: the box is the image's middle, the head
+/// keypoints sit in its upper left quarter and the body ones in its lower right quarter.
+fn add_boxes_and_parts(root: &Path, images: usize, size: f32) {
+    let (mut boxes, mut locs) = (String::new(), String::new());
+    let names: String = (1..=15).map(|p| format!("{p} part{p}\n")).collect();
+    for id in 1..=images {
+        let (x, y, w, h) = (size * 0.2, size * 0.25, size * 0.6, size * 0.5);
+        boxes.push_str(&format!("{id} {x} {y} {w} {h}\n"));
+        for p in 1..=15u32 {
+            let head = [2, 5, 6, 7, 10, 11, 15].contains(&p);
+            let (px, py) = if head { (x + w * 0.25, y + h * 0.25) } else { (x + w * 0.7, y + h * 0.7) };
+            let jitter = p as f32 * 0.3;
+            locs.push_str(&format!("{id} {p} {} {} 1\n", px + jitter, py - jitter));
+        }
+    }
+    std::fs::write(root.join("bounding_boxes.txt"), boxes).expect("boxes");
+    std::fs::create_dir_all(root.join("parts")).expect("parts folder");
+    std::fs::write(root.join("parts/parts.txt"), names).expect("parts");
+    std::fs::write(root.join("parts/part_locs.txt"), locs).expect("part locations");
+}
+
+fn localization_recipe(method: &str, params: &str) -> String {
+    format!(
+        r#"
+[method]
+name = "{method}"
+family = "localization"
+params = {{ {params} }}
+[model]
+backbone = "efficientnet-lite0"
+mode = "frozen"
+[data]
+format = "cub"
+resize = 64
+crop = 64
+[train]
+epochs = 4
+batch_size = 8
+classes_per_batch = 4
+images_per_class = 2
+lr = 0.05
+weight_decay = 1e-4
+seed = 0
+views = 2
+[report]
+table = "table2"
+method = "{method}"
+dataset = "CUB-200-2011"
+"#
+    )
+}
+
+/// `fgia localization` end to end on a generated CUB with boxes and parts (4 classes): every
+/// §5.1 method (and WS-DAN and CAL) trains its cached rounds in one process, resamples its crops
+/// from the pixels, writes a record whose protocol names the rounds, beats chance, and draws
+/// what it looked at on the test images; a second call skips them all; the end-to-end mode and
+/// a bad parameter are clear errors naming the recipe.
+#[test]
+fn localization_runs_every_method_in_cached_rounds() {
+    let Some(weights) = lite0_weights("localization_runs_every_method_in_cached_rounds") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("cub");
+    fgia_core::testing::write_tiny_cub(&data, 4, 6, 3, 72);
+    add_boxes_and_parts(&data, 36, 72.0);
+    let methods = [
+        ("part-rcnn", "region_size = 32, test_annotations = \"box-and-parts\""),
+        ("dfl-cnn", "filters_per_class = 2"),
+        ("s3n", "sample_size = 32"),
+        ("ra-cnn", "part_size = 32, apn_hidden = 32"),
+        ("ma-cnn", "part_size = 32"),
+        ("osme-mamc", "embedding = 32"),
+        ("tasn", "channels = 16, sample_size = 32"),
+        ("stn", "patch_size = 32, hidden = 16"),
+        ("nts-net", "part_size = 32"),
+        ("ws-dan", "attentions = 4, crop_size = 32"),
+        ("cal", "attentions = 4, crop_size = 32"),
+    ];
+    let mut args: Vec<String> = vec!["localization".into(), "--quiet".into(), "--weights".into(), weights.display().to_string()];
+    for (m, p) in methods {
+        let path = dir.path().join(format!("tiny-{m}.toml"));
+        std::fs::write(&path, localization_recipe(m, p)).expect("recipe");
+        args.extend(["--recipe".into(), path.display().to_string()]);
+    }
+    let (runs, results) = (dir.path().join("runs"), dir.path().join("results"));
+    args.extend(["--runs-dir".into(), runs.display().to_string(), "--results-dir".into(), results.display().to_string()]);
+    args.extend(["--data-root".into(), data.display().to_string(), "--skip-existing".into()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&fgia(&argv));
+    for (m, _) in methods {
+        let r = fgia_core::record::ResultRecord::read(&results.join(format!("tiny-{m}.json"))).expect("record");
+        assert_eq!(r.table, "table2");
+        assert!(r.section.as_deref().is_some_and(|s| s.starts_with("5.1")), "{m}: {:?}", r.section);
+        assert_eq!(r.metrics["test_images"], 12.0, "{m}: {:?}", r.metrics);
+        assert_eq!(r.metrics["chance"], 25.0);
+        assert!(r.metrics["top1"] > 25.0, "{m}: {:?}", r.metrics);
+        assert_eq!(r.metrics["looks_drawn"], 8.0, "{m}");
+        assert_eq!(r.protocol.checkpoint, "last epoch of every round");
+        assert!(r.deviations.iter().any(|d| d.contains("cached rounds")), "{m}: {:?}", r.deviations);
+        let svg = std::fs::read_to_string(runs.join(format!("tiny-{m}/looks.svg"))).expect("looks.svg");
+        assert_eq!(svg.matches("<image ").count(), 8, "{m}: eight test images drawn");
+        assert!(svg.contains("<rect") || svg.contains("<polyline"), "{m}: something drawn on them");
+    }
+    let nts = fgia_core::record::ResultRecord::read(&results.join("tiny-nts-net.json")).expect("record");
+    assert_eq!(nts.metrics["anchors"], 39.0, "2x2x6 + 1x1x6 + 1x1x9 anchors at 64 px");
+    for round in ["round-1-navigator", "round-2-parts"] {
+        assert_eq!(fgia_core::record::read_metrics(&runs.join("tiny-nts-net").join(round)).expect("metrics").len(), 4, "{round}");
+    }
+    assert!(out.contains("top-1"), "{out}");
+    let again = ok(&fgia(&argv));
+    assert_eq!(again.matches("skipped").count(), methods.len(), "{again}");
+
+    let w = weights.display().to_string();
+    let run_one = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("recipe");
+        let o = fgia(&[
+            "localization",
+            "--quiet",
+            "--weights",
+            &w,
+            "--data-root",
+            data.to_str().expect("utf8"),
+            "--recipe",
+            p.to_str().expect("utf8"),
+            "--runs-dir",
+            dir.path().join(format!("{name}-runs")).to_str().expect("utf8"),
+            "--results-dir",
+            results.to_str().expect("utf8"),
+        ]);
+        String::from_utf8_lossy(&o.stderr).into_owned() + if o.status.success() { "(succeeded)" } else { "" }
+    };
+    let err = run_one("bad-param.toml", localization_recipe("nts-net", "nms_iou = 2.0"));
+    assert!(err.contains("bad-param.toml") && err.contains("nms_iou") && !err.contains("(succeeded)"), "{err}");
+    let err = run_one("e2e.toml", localization_recipe("stn", "").replace("mode = \"frozen\"", "mode = \"end-to-end\""));
+    assert!(err.contains("end-to-end") && !err.contains("(succeeded)") && !err.contains("panicked"), "{err}");
+}
