@@ -141,6 +141,10 @@ fn every_table2_recipe_is_valid_and_names_a_registered_method() {
     for entry in std::fs::read_dir(&dir).expect("recipes/table2") {
         let path = entry.expect("entry").path();
         let mut v: toml::Value = toml::from_str(&std::fs::read_to_string(&path).expect("read")).expect("TOML");
+        // The §5.1 recipes belong to fgia-localization, which checks them.
+        if v.get("method").and_then(|m| m.get("family")).and_then(|f| f.as_str()) == Some("localization") {
+            continue;
+        }
         // The [smoke] table is read by xtask, not by the CLI.
         v.as_table_mut().expect("table").remove("smoke");
         let r = fgia_encoding::EncodingRecipe::parse(&toml::to_string(&v).expect("serialise")).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
