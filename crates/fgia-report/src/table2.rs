@@ -56,7 +56,10 @@ fn paper_backbone(records: &[&Loaded], method: &str) -> &'static [&'static str] 
 fn paper_row<'a>(refs: &[&'a ReferenceValue], method: &str, dataset: &str, backbones: &[&str]) -> Option<(&'a ReferenceValue, usize)> {
     let rows: Vec<&ReferenceValue> = refs.iter().copied().filter(|r| r.method == method && r.dataset == dataset).collect();
     // Of a method's rows on one backbone, the survey's headline value first.
-    let headline = |b: &str| rows.iter().copied().filter(|r| r.backbone.starts_with(b)).max_by_key(|r| r.note.contains("headline value"));
+    let headline = |b: &str| {
+        let on: Vec<&'a ReferenceValue> = rows.iter().copied().filter(|r| r.backbone.starts_with(b)).collect();
+        on.iter().copied().find(|r| r.note.contains("headline value")).or_else(|| on.first().copied())
+    };
     let pick = backbones
         .iter()
         .find_map(|b| headline(b))
