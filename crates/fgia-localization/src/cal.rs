@@ -28,6 +28,7 @@ pub const DEVIATIONS: &[&str] = &[
     "crops and drops drawn once per cached training view from the round-1 attention (cached rounds), not redrawn every step",
     "attention: a new 1x1 convolution with ReLU on the last map, without batch norm",
     "test: the raw image and one attention crop (WS-DAN's rule), not infer.py's three crops and their mirrors",
+    "the class centres are process state, not checkpointed: a resumed round restarts them at zero",
     "not in the survey's Table 2",
 ];
 

@@ -43,6 +43,7 @@ use crate::run::{LocBatch, LocInput, Outcome, Sample, Stage, look_images, prepar
 /// The deviations of every MA-CNN run.
 pub const DEVIATIONS: &[&str] = &[
     "grouping layers, part classifiers and L_cng trained jointly on the cached last map (no alternation with convolution updates, no k-means pre-training of the grouping); part crops drawn once per cached view (cached rounds)",
+    "part attention σ(Σ_j d_ij W_j / C): the channel sum divided by the channel count",
 ];
 
 /// MA-CNN's settings.

@@ -53,6 +53,7 @@ use crate::run::{LocBatch, LocInput, Outcome, Sample, Stage, look_images, prepar
 pub const DEVIATIONS: &[&str] = &[
     "crops and drops drawn once per cached training view from the round-1 attention (cached rounds), not redrawn every step",
     "attention: a new 1x1 convolution with ReLU on the last map, without batch norm",
+    "the class centres are process state, not checkpointed: a resumed round restarts them at zero",
     "not in the survey's Table 2",
 ];
 
