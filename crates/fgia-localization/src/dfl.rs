@@ -16,6 +16,10 @@
 //! images give l2-normalised vectors; k-means clusters them into `k` centres, which initialise that
 //! class's `k` filters (bias 0). The paper's description; the public re-implementation skips it.
 //!
+//! End to end (`mode = "end-to-end"`): the same module on the live backbone's last map
+//! ([`crate::live::Live`]), the initialisation from the ImageNet backbone's maps of the training
+//! images ([`LIVE_DEVIATIONS`]).
+//!
 //! **Deviations** (also in [`DEVIATIONS`]): both streams read the frozen backbone's last map (the
 //! paper's P-stream reads conv4_3, a higher-resolution layer, and the backbone is fine-tuned in
 //! stages); the P-stream's classifier is a linear layer on the pooled responses (the paper's FC).
@@ -29,12 +33,17 @@ use fgia_train::TrainError;
 use fgia_train::engine::{ParamGroup, StepLoss, TrainMethod, single_group};
 use serde::{Deserialize, Serialize};
 
+use crate::live::Trunk;
 use crate::looks::Look;
-use crate::nn::{cross_entropy, gap, gmp, hits, host};
-use crate::run::{LocBatch, LocInput, Outcome, Stage, look_images, prepare};
+use crate::nn::{cross_entropy, gap, gmp, hits, host, trainable};
+use crate::run::{LocBatch, LocInput, Outcome, look_images, prepare};
 
 /// The deviations of every DFL-CNN run.
 pub const DEVIATIONS: &[&str] = &["the filter bank reads the frozen backbone's last map (7x7 at 224 px), not conv4_3 of a fine-tuned network"];
+
+/// The deviations of every end-to-end DFL-CNN run.
+pub const LIVE_DEVIATIONS: &[&str] =
+    &["the filter bank reads the backbone's last map, not conv4_3; one end-to-end stage instead of the paper's staged fine-tuning"];
 
 /// DFL-CNN's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,40 +213,49 @@ pub fn energy_patches(map: &[f32], c: usize, h: usize, w: usize, per_image: usiz
         .collect()
 }
 
-/// Runs DFL-CNN.
-pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, TrainError> {
-    let cfg = DflConfig::from_params(&s.r.method.params).map_err(|message| TrainError::Recipe { path: s.ctx.run_dir.join("recipe.toml"), message })?;
-    let [c, h, w] = s.maps.shape;
-    let (k, classes) = (cfg.filters_per_class, s.classes);
-    B::seed(s.device, s.r.train.seed);
-    let mut bank = Conv2dConfig::new([c, k * classes], [1, 1]).init::<B>(s.device);
-    if cfg.patch_init {
-        let mut per_class: Vec<Vec<Vec<f32>>> = vec![Vec::new(); classes];
-        for (i, rec) in s.ds.train.iter().enumerate() {
-            if let Some(m) = s.maps.train_view(i, 0) {
-                per_class[rec.label].extend(energy_patches(m, c, h, w, cfg.init_positions));
-            }
-        }
-        let mut weight = vec![0f32; k * classes * c];
-        for (cl, patches) in per_class.iter().enumerate() {
-            for (j, centre) in kmeans(patches, k, 10).iter().enumerate() {
-                weight[(cl * k + j) * c..(cl * k + j + 1) * c].copy_from_slice(centre);
-            }
-        }
-        let wt = Tensor::<B, 4>::from_data(TensorData::new(weight, [k * classes, c, 1, 1]), s.device);
-        bank.weight = bank.weight.map(|_| wt);
-        if let Some(b) = bank.bias.take() {
-            bank.bias = Some(b.map(|t| t.zeros_like()));
+/// The filter bank (`k` filters per class of `c` channels) initialised from each class's
+/// high-energy positions (`per_class[class]`, unit vectors): class `y`'s filters are the `k`
+/// k-means centres of its positions, biases zero; every weight stays trainable.
+pub fn patch_bank<B: Backend>(c: usize, k: usize, per_class: &[Vec<Vec<f32>>], device: &B::Device) -> Conv2d<B> {
+    let classes = per_class.len();
+    let mut bank = Conv2dConfig::new([c, k * classes], [1, 1]).init::<B>(device);
+    let mut weight = vec![0f32; k * classes * c];
+    for (cl, patches) in per_class.iter().enumerate() {
+        for (j, centre) in kmeans(patches, k, 10).iter().enumerate() {
+            weight[(cl * k + j) * c..(cl * k + j + 1) * c].copy_from_slice(centre);
         }
     }
-    let model = Dfl { g: LinearConfig::new(c, classes).init(s.device), bank, p: LinearConfig::new(k * classes, classes).init(s.device), cfg: cfg.clone() };
-    let Some(model) = s.round("filter-bank", model, None, false)? else { return Ok(None) };
+    let wt = Tensor::<B, 4>::from_data(TensorData::new(weight, [k * classes, c, 1, 1]), device);
+    bank.weight = trainable(bank.weight, |_| wt);
+    if let Some(b) = bank.bias.take() {
+        bank.bias = Some(trainable(b, |t| t.zeros_like()));
+    }
+    bank
+}
+
+/// Runs DFL-CNN.
+pub fn run<B: AutodiffBackend, T: Trunk<B>>(s: &T) -> Result<Option<Outcome>, TrainError> {
+    let cfg =
+        DflConfig::from_params(&s.recipe().method.params).map_err(|message| TrainError::Recipe { path: s.context().run_dir.join("recipe.toml"), message })?;
+    let [c, h, w] = s.map_shape();
+    let (k, classes) = (cfg.filters_per_class, s.dataset().num_classes());
+    B::seed(s.dev(), s.recipe().train.seed);
+    let bank = if cfg.patch_init {
+        let mut per_class: Vec<Vec<Vec<f32>>> = vec![Vec::new(); classes];
+        let train = &s.dataset().train;
+        s.each_train_map(&mut |i, m| per_class[train[i].label].extend(energy_patches(m, c, h, w, cfg.init_positions)))?;
+        patch_bank(c, k, &per_class, s.dev())
+    } else {
+        Conv2dConfig::new([c, k * classes], [1, 1]).init::<B>(s.dev())
+    };
+    let model = Dfl { g: LinearConfig::new(c, classes).init(s.dev()), bank, p: LinearConfig::new(k * classes, classes).init(s.dev()), cfg: cfg.clone() };
+    let Some(model) = s.train_round("filter-bank", model, false)? else { return Ok(None) };
     let model = model.valid();
-    let looks_at: Vec<usize> = look_images(s.ds.test.len());
+    let looks_at: Vec<usize> = look_images(s.dataset().test.len());
     let mut heats = std::collections::HashMap::new();
     let mut preds = std::collections::HashMap::new();
     let (mut g_hits, mut total) = (0usize, 0usize);
-    let (top1, n) = s.evaluate(None, |x| {
+    let (top1, n) = s.evaluate_maps(&mut |x| {
         let o = model.forward(x.global.clone());
         g_hits += hits(&o.g, &x.label_vec);
         total += x.label_vec.len();
@@ -259,14 +277,14 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
             }
         }
         scores
-    });
+    })?;
     let looks = looks_at
         .into_iter()
         .filter_map(|i| {
             Some(Look {
                 image: i,
                 heat: Some((h, heats.get(&i)?.clone())),
-                caption: preds.get(&i).map(|&p| format!("predicted: {}; map: its strongest filter", s.ds.classes.names[p])).unwrap_or_default(),
+                caption: preds.get(&i).map(|&p| format!("predicted: {}; map: its strongest filter", s.dataset().classes.names[p])).unwrap_or_default(),
                 ..Default::default()
             })
         })
@@ -279,8 +297,9 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
     Ok(Some(Outcome {
         metrics,
         trained_layers: format!(
-            "the G-stream classifier, the filter bank ({k} x {classes} 1x1 filters{}) and the P-stream classifier (backbone frozen)",
-            if cfg.patch_init { ", initialised by k-means of high-energy positions" } else { "" }
+            "the G-stream classifier, the filter bank ({k} x {classes} 1x1 filters{}) and the P-stream classifier ({})",
+            if cfg.patch_init { ", initialised by k-means of high-energy positions" } else { "" },
+            s.trunk_words()
         ),
         loss: format!("{} CE(G) + {} CE(P) + {} CE(side, cross-channel pooled)", cfg.g_weight, cfg.p_weight, cfg.side_weight),
         deviations: Vec::new(),

@@ -199,6 +199,17 @@ pub fn roi_align<B: Backend>(input: Tensor<B, 4>, rois: &[(usize, NormBox)], h: 
     sample(picked, affine_grid(theta, h, w, false))
 }
 
+/// [`roi_align`] by [`box_zoom`]: the same `bins x bins` values for fixed boxes, as separable
+/// matrix products instead of `grid_sample` (several times faster on the CPU).
+pub fn roi_zoom<B: Backend>(input: Tensor<B, 4>, rois: &[(usize, NormBox)], bins: usize) -> Tensor<B, 4> {
+    let device = input.device();
+    let n = rois.len();
+    let idx: Vec<i64> = rois.iter().map(|(i, _)| *i as i64).collect();
+    let picked = input.select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &device));
+    let edge = |f: fn(&NormBox) -> f32| Tensor::<B, 1>::from_data(TensorData::new(rois.iter().map(|(_, b)| f(b)).collect::<Vec<_>>(), [n]), &device);
+    box_zoom(picked, edge(|b| b.x0), edge(|b| b.y0), edge(|b| b.x1), edge(|b| b.y1), bins, bins)
+}
+
 /// Bilinear interpolation weights `[n, out, len]` of `out` samples spread over `[lo, hi)` (unit
 /// coordinates, `[n]` each) along an axis of `len` cells: the tent `max(0, 1 − |p − k|)` around
 /// each sample's position `p` in cell-centre units, zero outside the axis (zeros padding). Built
@@ -304,9 +315,9 @@ pub fn tasn_grid(a: &[f32], h: usize, w: usize, out: usize, dense: f32, iters: u
     let gx = inverse_cdf_grid(&cols, out, dense, iters);
     let gy = inverse_cdf_grid(&rows, out, dense, iters);
     let mut g = Vec::with_capacity(out * out * 2);
-    for y in 0..out {
-        for x in 0..out {
-            g.extend([gx[x], gy[y]]);
+    for &y in &gy {
+        for &x in &gx {
+            g.extend([x, y]);
         }
     }
     g

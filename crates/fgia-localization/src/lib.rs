@@ -15,7 +15,10 @@
 //! RoI-align on `grid_sample`, RA-CNN's boxcar mask, TASN's inverse-CDF sampler, S3N's
 //! saliency sampler and Part-based R-CNN's head and body boxes. [`run`] runs a recipe in cached
 //! rounds on the frozen trunk (the localizer on cached maps, then crops resampled on pixels and
-//! run through the backbone, then the classifiers); [`looks`] draws what each method looked at.
+//! run through the backbone, then the classifiers); [`live`] trains end to end (`mode =
+//! "end-to-end"`, the `--full` profile), with the crops resampled from the pixels inside the step
+//! and run through the backbone it trains (RA-CNN, STN; DFL-CNN and OSME + MAMC on the live map);
+//! [`looks`] draws what each method looked at.
 //!
 //! The crate depends on `fgia-core`, `fgia-nn` and `fgia-train` only.
 
@@ -27,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub mod cal;
 pub mod dfl;
 pub mod geometry;
+pub mod live;
 pub mod looks;
 pub mod ma_cnn;
 pub mod nn;
@@ -209,6 +213,40 @@ impl Method {
             Method::NtsNet => nts_net::DEVIATIONS,
             Method::WsDan => ws_dan::DEVIATIONS,
             Method::Cal => cal::DEVIATIONS,
+        }
+    }
+
+    /// Trains and evaluates the method end to end; `None` when the run stopped early.
+    pub fn run_live<B: AutodiffBackend>(self, stage: &live::LiveStage<'_, B>) -> Result<Option<run::Outcome>, TrainError> {
+        match self {
+            Method::DflCnn => dfl::run(stage),
+            Method::OsmeMamc => osme_mamc::run(stage),
+            Method::RaCnn => ra_cnn::run_live(stage),
+            Method::Stn => stn::run_live(stage),
+            Method::NtsNet => nts_net::run_live(stage),
+            Method::WsDan => ws_dan::run_live(stage, false),
+            Method::Cal => ws_dan::run_live(stage, true),
+            Method::PartRcnn => part_rcnn::run_live(stage),
+            Method::S3n => s3n::run_live(stage),
+            Method::MaCnn => ma_cnn::run_live(stage),
+            Method::Tasn => tasn::run_live(stage),
+        }
+    }
+
+    /// The deviations every end-to-end run of the method has.
+    pub fn live_deviations(self) -> &'static [&'static str] {
+        match self {
+            Method::DflCnn => dfl::LIVE_DEVIATIONS,
+            Method::OsmeMamc => osme_mamc::LIVE_DEVIATIONS,
+            Method::RaCnn => ra_cnn::LIVE_DEVIATIONS,
+            Method::Stn => stn::LIVE_DEVIATIONS,
+            Method::NtsNet => nts_net::LIVE_DEVIATIONS,
+            Method::WsDan => ws_dan::LIVE_DEVIATIONS,
+            Method::Cal => cal::LIVE_DEVIATIONS,
+            Method::PartRcnn => part_rcnn::LIVE_DEVIATIONS,
+            Method::S3n => s3n::LIVE_DEVIATIONS,
+            Method::MaCnn => ma_cnn::LIVE_DEVIATIONS,
+            Method::Tasn => tasn::LIVE_DEVIATIONS,
         }
     }
 

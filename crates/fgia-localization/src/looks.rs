@@ -156,6 +156,20 @@ pub fn write_looks(path: &Path, test: &[Record], tf: &Transform, looks: &[Look])
     Ok(drawn)
 }
 
+/// An `out x out` subsample of a `size x size` sampling grid (`[size, size, 2]`), for drawing:
+/// the grid points nearest to `out` evenly spaced rows and columns.
+pub fn thin_grid(grid: &[f32], size: usize, out: usize) -> Vec<f32> {
+    let pick = |k: usize| (((k as f32 + 0.5) * size as f32 / out as f32) as usize).min(size.saturating_sub(1));
+    let mut g = Vec::with_capacity(out * out * 2);
+    for y in 0..out {
+        for x in 0..out {
+            let at = (pick(y) * size + pick(x)) * 2;
+            g.extend_from_slice(&grid[at..at + 2]);
+        }
+    }
+    g
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,11 @@
 //! zoomed and classified by a part network; the prediction fuses the object and part features
 //! (a linear classifier on their concatenation).
 //!
-//! **Deviations** (also in [`DEVIATIONS`]): cached rounds (round 1 trains the grouping layers,
+//! **End to end** (`mode = "end-to-end"`, [`MaCnnJoint`]): the grouping and the part networks
+//! train together on the live backbone, the part squares drawn every step from the current
+//! attention and cropped from the pixels ([`LIVE_DEVIATIONS`]).
+//!
+//! **Deviations of the cached rounds** (also in [`DEVIATIONS`]): cached rounds (round 1 trains the grouping layers,
 //! the part classifiers on attention-pooled features and the object classifier jointly with
 //! `L_cng`, instead of alternating with convolution updates; the peaks give the crops once per
 //! cached view; round 2 trains the part and fusion classifiers on the crops' pooled features);
@@ -31,14 +35,17 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::AutodiffBackend;
+use fgia_core::datasets::Record;
+use fgia_core::imaging::ViewGeometry;
 use fgia_train::TrainError;
 use fgia_train::engine::{ParamGroup, StepLoss, TrainMethod, single_group};
 use serde::{Deserialize, Serialize};
 
 use crate::geometry::NormBox;
+use crate::live::{HostCrops, LiveStage};
 use crate::looks::Look;
 use crate::nn::{crop, cross_entropy, gap, hits, host};
-use crate::run::{LocBatch, LocInput, Outcome, Sample, Stage, look_images, prepare};
+use crate::run::{LocBatch, LocInput, Outcome, Sample, Stage, box_of, look_images, prepare};
 
 /// The deviations of every MA-CNN run.
 pub const DEVIATIONS: &[&str] = &[
@@ -74,7 +81,8 @@ impl MaCnnConfig {
     /// Parses and validates `[method.params]`.
     pub fn from_params(p: &toml::Table) -> Result<Self, String> {
         let c: MaCnnConfig = crate::recipe::params(p)?;
-        if !(1..=8).contains(&c.parts) || !(16..=1024).contains(&c.part_size) || !(c.crop_side > 0.0 && c.crop_side <= 1.0) {
+        let valid = (1..=8).contains(&c.parts) && (16..=1024).contains(&c.part_size) && c.crop_side > 0.0 && c.crop_side <= 1.0;
+        if !valid {
             return Err(format!("parts {} in 1..=8, part_size {} in 16..=1024, crop_side {} in (0, 1]", c.parts, c.part_size, c.crop_side));
         }
         for (k, v) in [("lambda", c.lambda), ("margin", c.margin), ("cng_weight", c.cng_weight)] {
@@ -305,6 +313,105 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
             cfg.cng_weight, cfg.lambda, cfg.margin
         ),
         deviations: vec![format!("part squares of side {:.3} of the view resampled at {size} px", cfg.crop_side)],
+        tta: "none (the fusion classifier on the image and its part crops)".into(),
+        looks,
+    }))
+}
+
+/// The deviations of every end-to-end MA-CNN run.
+pub const LIVE_DEVIATIONS: &[&str] = &[
+    "the channel-grouping loss and the part classification are summed in every step, not alternated until convergence; no k-means pre-grouping of the channels",
+    "the attention is the channel-weighted sum of the map scaled by the channel count (not a plain sum)",
+];
+
+/// MA-CNN end to end: the grouping layers and the part networks in one module; the part squares
+/// are drawn from the current attention of the live map and cropped from the pixels.
+#[derive(Module, Debug)]
+pub struct MaCnnJoint<B: Backend> {
+    grouping: Grouping<B>,
+    nets: PartNets<B>,
+}
+
+impl<B: AutodiffBackend> TrainMethod<B> for MaCnnJoint<B> {
+    type Batch = LocBatch;
+    type Input = LocInput<B>;
+
+    fn prepare(&self, b: LocBatch, device: &B::Device) -> LocInput<B> {
+        prepare(b, device)
+    }
+
+    fn loss(&self, x: &LocInput<B>, step: usize) -> StepLoss<B> {
+        let g = self.grouping.loss(x, step);
+        let p = self.nets.loss(x, step);
+        StepLoss { loss: g.loss + p.loss, hits: p.hits }
+    }
+
+    fn param_groups(&self, grads: B::Gradients) -> Vec<ParamGroup> {
+        single_group(self, grads)
+    }
+}
+
+impl<B: Backend> HostCrops<B> for MaCnnJoint<B> {
+    fn crop_spec(&self, _: bool) -> (usize, usize, bool) {
+        (self.grouping.cfg.parts, self.grouping.cfg.part_size, false)
+    }
+
+    fn samples(&self, map: Tensor<B, 4>, _: &[Record], items: &[usize], _: &[ViewGeometry], _: bool, _: u64) -> Vec<Vec<Sample>> {
+        let [_, _, h, _] = map.dims();
+        let cfg = &self.grouping.cfg;
+        let np = cfg.parts;
+        let a = host(self.grouping.attention(map));
+        (0..items.len())
+            .map(|j| squares(&a[j * np * h * h..(j + 1) * np * h * h], np, h, cfg.crop_side).iter().map(|b| Sample::from_box(*b, cfg.part_size)).collect())
+            .collect()
+    }
+}
+
+/// Runs MA-CNN end to end.
+pub fn run_live<B: AutodiffBackend>(s: &LiveStage<'_, B>) -> Result<Option<Outcome>, TrainError> {
+    let cfg = MaCnnConfig::from_params(&s.r.method.params).map_err(|message| TrainError::Recipe { path: s.ctx.run_dir.join("recipe.toml"), message })?;
+    let [c, _, _] = s.shape;
+    let (np, classes) = (cfg.parts, s.classes);
+    B::seed(s.device, s.r.train.seed);
+    let lin = |i: usize, o: usize| LinearConfig::new(i, o).init::<B>(s.device);
+    let joint = MaCnnJoint {
+        grouping: Grouping {
+            fc1: (0..np).map(|_| lin(c, c)).collect(),
+            fc2: (0..np).map(|_| lin(c, c)).collect(),
+            part_fc: (0..np).map(|_| lin(c, classes)).collect(),
+            object: lin(c, classes),
+            cfg: cfg.clone(),
+        },
+        nets: PartNets { parts: (0..np).map(|_| lin(c, classes)).collect(), object: lin(c, classes), fusion: lin((np + 1) * c, classes) },
+    };
+    let Some(live) = s.train_crops(joint, false)? else { return Ok(None) };
+    let live = live.valid();
+    let looks_at = look_images(s.ds.test.len());
+    let mut looks = Vec::new();
+    let (top1, n) = s.evaluate_crops(&live, |x, samples| {
+        let scores = host(live.m.nets.fuse(x.global.clone(), x.parts.as_ref().expect("crops")));
+        for (j, &(i, _)) in x.views.iter().enumerate().filter(|(_, v)| looks_at.contains(&v.0)) {
+            let pred = fgia_core::metrics::argmax_rows(&scores[j * classes..(j + 1) * classes], classes)[0];
+            let boxes = samples[j].iter().enumerate().map(|(k, smp)| (box_of(&smp.grid), format!("part {}", k + 1)));
+            looks.push(Look { image: i, boxes: boxes.collect(), caption: format!("predicted: {}", s.ds.classes.names[pred]), ..Default::default() });
+        }
+        scores
+    })?;
+    let mut metrics = std::collections::BTreeMap::new();
+    metrics.insert("top1".into(), top1);
+    metrics.insert("test_images".into(), n as f64);
+    metrics.insert("parts".into(), np as f64);
+    Ok(Some(Outcome {
+        metrics,
+        trained_layers: format!(
+            "the backbone (at {} times the rate, through the image and the part crops), channel grouping ({np} parts, two FC layers each), the part, object and fusion classifiers",
+            s.r.train.backbone_lr_mult
+        ),
+        loss: format!(
+            "CE(object) + Σ CE(part on attention-pooled features) + {} (Dis + {} Div, mrg {}) + CE(fusion) + CE(object) + Σ CE(part crop)",
+            cfg.cng_weight, cfg.lambda, cfg.margin
+        ),
+        deviations: vec![format!("part squares of side {:.3} of the view resampled at {} px", cfg.crop_side, cfg.part_size)],
         tta: "none (the fusion classifier on the image and its part crops)".into(),
         looks,
     }))

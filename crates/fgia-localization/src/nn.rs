@@ -78,3 +78,13 @@ pub fn crop_map<B: Backend>(parts: &Tensor<B, 3>, k: usize, shape: [usize; 3]) -
 pub fn item_rng(seed: u64, round: u64, i: usize, v: usize) -> fgia_core::rng::SplitMix64 {
     fgia_core::rng::SplitMix64::for_item(seed ^ (0x10ca_11ce_u64.wrapping_mul(round + 1)), v as u64, i as u64)
 }
+
+/// `p` with the value `f` gives it, still a trainable parameter. ([`burn::module::Param::map`]
+/// takes the require-grad flag of the new tensor, and a tensor built from data or `zeros_like`
+/// has none: a layer initialised that way would silently never train.)
+pub fn trainable<B: Backend, const D: usize>(
+    p: burn::module::Param<Tensor<B, D>>,
+    f: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>,
+) -> burn::module::Param<Tensor<B, D>> {
+    p.map(|t| f(t).require_grad())
+}

@@ -22,7 +22,13 @@
 //! dropout inside `forward`, so it stays on at test time; here it is a module and `valid()`
 //! turns it off, which a test checks). Prediction: the scrutinizer.
 //!
-//! **Deviations** (also in [`DEVIATIONS`]):
+//! **End to end** (`mode = "end-to-end"`, [`NtsLive`]): the paper's training. The navigator reads
+//! the live (detached) last map, NMS keeps the top `M`, their boxes are cropped from the pixels
+//! inside the step and run through the backbone being trained; the teacher's confidences on those
+//! crops rank the navigator, and every loss above trains the backbone through the image and the
+//! crops.
+//!
+//! **Deviations of the cached rounds** (also in [`DEVIATIONS`]):
 //! - Cached rounds on the frozen trunk. Round 1 trains the navigator with the ranking loss
 //!   against a teacher on RoI-aligned regions of the cached map (feature space, 3x3 bins), with
 //!   the raw classifier. The top 6 proposals of every training view (top 4 of every test image)
@@ -40,11 +46,14 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::AutodiffBackend;
+use fgia_nn::Network;
 use fgia_train::TrainError;
 use fgia_train::engine::{ParamGroup, StepLoss, TrainMethod, single_group};
+use fgia_train::sources::MapBatch;
 use serde::{Deserialize, Serialize};
 
-use crate::geometry::{NormBox, nms, nts_anchors, nts_levels, roi_align};
+use crate::geometry::{NormBox, nms, nts_anchors, nts_levels, roi_zoom};
+use crate::live::{LiveInput, LiveStage, backbone_groups, box_crops, prepare_live, trunk};
 use crate::looks::Look;
 use crate::nn::{cross_entropy, cross_entropy_each, gap, hits, host};
 use crate::run::{LocBatch, LocInput, Outcome, Sample, Stage, look_images, prepare};
@@ -250,7 +259,7 @@ impl<B: AutodiffBackend> TrainMethod<B> for NtsRound1<B> {
         }
         let rois: Vec<(usize, NormBox)> =
             kept.iter().enumerate().flat_map(|(b, k)| k.iter().map(move |&a| (b, a))).map(|(b, a)| (b, self.anchors[a])).collect();
-        let regions = roi_align(x.global.clone(), &rois, cfg.roi_bins, cfg.roi_bins);
+        let regions = roi_zoom(x.global.clone(), &rois, cfg.roi_bins);
         let part_logits = self.teacher.forward(self.dropout.forward(gap(regions)));
         let part_labels = x.labels.clone().reshape([n, 1]).repeat_dim(1, m).reshape([n * m]);
         let each = cross_entropy_each(part_logits, part_labels);
@@ -426,6 +435,146 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
             "{} anchors at {} px (the paper's 1614 are at 448 px); parts resampled at {size} px; NMS at IoU {} keeps {}",
             anchors.len(),
             s.r.data.crop,
+            cfg.nms_iou,
+            cfg.proposals
+        )],
+        tta: "none (the scrutinizer on the image and its top 4 proposals)".into(),
+        looks,
+    }))
+}
+
+/// The deviations of every end-to-end NTS-Net run (none beyond the recipe's and the anchors').
+pub const LIVE_DEVIATIONS: &[&str] = &[];
+
+/// NTS-Net end to end (`mode = "end-to-end"`): the navigator scores the anchors on the live
+/// backbone's last map (detached, as the authors' code), hard NMS keeps the top `M`, their boxes
+/// are cropped from the pixels (zeros outside the image, as the authors' zero-padded image) and
+/// run through the same backbone inside the step; the teacher's confidences on those crops
+/// rank the navigator's scores, and the scrutinizer reads the top `K` crops and the image.
+#[derive(Module, Debug)]
+pub struct NtsLive<B: Backend> {
+    net: Network<B>,
+    navigator: Navigator<B>,
+    head: NtsRound2<B>,
+    #[module(skip)]
+    anchors: Vec<NormBox>,
+    backbone_lr_mult: f64,
+}
+
+impl<B: Backend> NtsLive<B> {
+    /// The pooled features `[n, k, C]` of the first `k` proposals of each item, cropped from the
+    /// pixels at `part_size`.
+    fn parts(&self, pixels: Tensor<B, 4>, kept: &[Vec<usize>], k: usize) -> Tensor<B, 3> {
+        let device = pixels.device();
+        let boxes: Vec<NormBox> = kept.iter().flat_map(|l| l[..k].iter().map(|&a| self.anchors[a])).collect();
+        let m = boxes.len();
+        let edge = |f: fn(&NormBox) -> f32| Tensor::<B, 1>::from_data(TensorData::new(boxes.iter().map(f).collect::<Vec<_>>(), [m]), &device);
+        box_crops(&self.net, pixels, [edge(|b| b.x0), edge(|b| b.y0), edge(|b| b.x1), edge(|b| b.y1)], k, self.head.cfg.part_size)
+    }
+}
+
+impl<B: AutodiffBackend> TrainMethod<B> for NtsLive<B> {
+    type Batch = MapBatch;
+    type Input = LiveInput<B>;
+
+    fn prepare(&self, b: MapBatch, device: &B::Device) -> LiveInput<B> {
+        prepare_live(b, device)
+    }
+
+    fn loss(&self, x: &LiveInput<B>, _: usize) -> StepLoss<B> {
+        let cfg = &self.head.cfg;
+        let map = trunk(&self.net, x.pixels.clone());
+        let [n, _, _, _] = map.dims();
+        let scores = self.navigator.forward(map.clone().detach());
+        let (kept, _) = propose(&host(scores.clone()), &self.anchors, cfg.nms_iou, cfg.proposals);
+        let raw = self.head.raw.forward(self.head.dropout.forward(gap(map.clone())));
+        let m = cfg.proposals;
+        if kept.iter().any(|k| k.len() < m) {
+            // Fewer anchors than M: the raw classifier alone.
+            let got = hits(&raw, &x.label_vec);
+            return StepLoss { loss: cross_entropy(raw, x.labels.clone()), hits: Some(got) };
+        }
+        let parts = self.parts(x.pixels.clone(), &kept, m);
+        let [_, _, c] = parts.dims();
+        let part_logits = self.head.teacher.forward(self.head.dropout.forward(parts.clone().reshape([n * m, c])));
+        let part_labels = x.labels.clone().reshape([n, 1]).repeat_dim(1, m).reshape([n * m]);
+        let each = cross_entropy_each(part_logits, part_labels);
+        let conf = host(each.clone());
+        let idx: Vec<i64> = kept.iter().flatten().map(|&a| a as i64).collect();
+        let picked = scores.gather(1, Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, m]), &x.pixels.device()));
+        let rank = ranking_loss(picked, &conf, cfg.rank_margin);
+        let concat = self.head.scrutinize(map, &parts);
+        let got = hits(&concat, &x.label_vec);
+        let loss = cross_entropy(raw, x.labels.clone()).mul_scalar(cfg.raw_weight)
+            + rank.mul_scalar(cfg.rank_weight)
+            + each.mean().mul_scalar(cfg.teacher_weight)
+            + cross_entropy(concat, x.labels.clone()).mul_scalar(cfg.concat_weight);
+        StepLoss { loss, hits: Some(got) }
+    }
+
+    fn param_groups(&self, grads: B::Gradients) -> Vec<ParamGroup> {
+        backbone_groups(&self.net, self, grads, self.backbone_lr_mult)
+    }
+}
+
+/// Runs NTS-Net end to end.
+pub fn run_live<B: AutodiffBackend>(s: &LiveStage<'_, B>) -> Result<Option<Outcome>, TrainError> {
+    let cfg = NtsConfig::from_params(&s.r.method.params).map_err(|message| TrainError::Recipe { path: s.ctx.run_dir.join("recipe.toml"), message })?;
+    let [c, _, _] = s.shape;
+    let anchors = nts_anchors(&nts_levels(), s.r.data.crop as usize);
+    B::seed(s.device, s.r.train.seed);
+    let model = NtsLive {
+        net: s.net.clone(),
+        navigator: Navigator::new(c, cfg.navigator_channels, s.device),
+        head: NtsRound2::new(c, s.classes, &cfg, s.device),
+        anchors: anchors.clone(),
+        backbone_lr_mult: s.r.train.backbone_lr_mult,
+    };
+    let Some(model) = s.train(model, false)? else { return Ok(None) };
+    let m = model.valid();
+    let classes = s.classes;
+    let looks_at = look_images(s.ds.test.len());
+    let mut looks = Vec::new();
+    let mut raw_hits = (0usize, 0usize);
+    let mut filled = 0usize;
+    let (top1, n) = s.evaluate(|x| {
+        let map = trunk(&m.net, x.pixels.clone());
+        let (kept, f) = propose(&host(m.navigator.forward(map.clone())), &anchors, cfg.nms_iou, cfg.proposals);
+        filled += f;
+        let raw = m.head.raw.forward(gap(map.clone()));
+        raw_hits.0 += hits(&raw, &x.label_vec);
+        raw_hits.1 += x.label_vec.len();
+        let scores =
+            if kept.iter().all(|k| k.len() >= cfg.cat_num) { host(m.head.scrutinize(map, &m.parts(x.pixels.clone(), &kept, cfg.cat_num))) } else { host(raw) };
+        for (j, &i) in x.items.iter().enumerate().filter(|(_, i)| looks_at.contains(i)) {
+            let pred = fgia_core::metrics::argmax_rows(&scores[j * classes..(j + 1) * classes], classes)[0];
+            let boxes = kept[j].iter().enumerate().map(|(r, &a)| (anchors[a], format!("#{}{}", r + 1, if r < cfg.cat_num { "" } else { " (teacher only)" })));
+            looks.push(Look { image: i, boxes: boxes.collect(), caption: format!("predicted: {}", s.ds.classes.names[pred]), ..Default::default() });
+        }
+        scores
+    })?;
+    let mut metrics = std::collections::BTreeMap::new();
+    metrics.insert("top1".into(), top1);
+    metrics.insert("top1_raw_only".into(), 100.0 * raw_hits.0 as f64 / raw_hits.1.max(1) as f64);
+    metrics.insert("test_images".into(), n as f64);
+    metrics.insert("anchors".into(), anchors.len() as f64);
+    metrics.insert("proposals".into(), cfg.proposals as f64);
+    metrics.insert("test_images_nms_filled".into(), filled as f64);
+    Ok(Some(Outcome {
+        metrics,
+        trained_layers: format!(
+            "the backbone (at {} times the rate, through the image and the {} part crops), the navigator ({} channels, on the detached map), the teacher, the scrutinizer ({} parts + image) and the raw classifier",
+            s.r.train.backbone_lr_mult, cfg.proposals, cfg.navigator_channels, cfg.cat_num
+        ),
+        loss: format!(
+            "{} CE(raw) + {} ranking hinge (margin {}) on the teacher's confidences of the pixel crops + {} CE(teacher, each of {} parts) + {} CE(scrutinizer)",
+            cfg.raw_weight, cfg.rank_weight, cfg.rank_margin, cfg.teacher_weight, cfg.proposals, cfg.concat_weight
+        ),
+        deviations: vec![format!(
+            "{} anchors at {} px (the paper's 1614 are at 448 px); parts resampled at {} px; NMS at IoU {} keeps {}",
+            anchors.len(),
+            s.r.data.crop,
+            cfg.part_size,
             cfg.nms_iou,
             cfg.proposals
         )],

@@ -16,6 +16,9 @@
 //! `λ = 0.5`. (A public re-implementation returns a sum that is always zero; the test here
 //! checks the value against a direct scalar computation.)
 //!
+//! End to end (`mode = "end-to-end"`): the same module on the live backbone's last map
+//! ([`crate::live::Live`]), as the paper trains it.
+//!
 //! **Deviations** (also in [`DEVIATIONS`]): OSME and the classifier train on the frozen
 //! backbone's cached last map (no crops: the method has none), the backbone is not fine-tuned.
 
@@ -28,12 +31,16 @@ use fgia_train::TrainError;
 use fgia_train::engine::{ParamGroup, StepLoss, TrainMethod, single_group};
 use serde::{Deserialize, Serialize};
 
+use crate::live::Trunk;
 use crate::looks::Look;
 use crate::nn::{cross_entropy, gap, hits, host};
-use crate::run::{LocBatch, LocInput, Outcome, Stage, look_images, prepare};
+use crate::run::{LocBatch, LocInput, Outcome, look_images, prepare};
 
 /// The deviations of every OSME + MAMC run.
 pub const DEVIATIONS: &[&str] = &["OSME and the classifier on the frozen backbone's cached last map; the backbone is not fine-tuned"];
+
+/// The deviations of every end-to-end OSME + MAMC run (none beyond the recipe's).
+pub const LIVE_DEVIATIONS: &[&str] = &[];
 
 /// OSME + MAMC's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,24 +180,26 @@ impl<B: AutodiffBackend> TrainMethod<B> for OsmeMamc<B> {
 }
 
 /// Runs OSME + MAMC.
-pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, TrainError> {
-    let cfg = OsmeMamcConfig::from_params(&s.r.method.params).map_err(|message| TrainError::Recipe { path: s.ctx.run_dir.join("recipe.toml"), message })?;
-    let [c, h, w] = s.maps.shape;
-    B::seed(s.device, s.r.train.seed);
-    let model = OsmeMamc::<B>::new(c, s.classes, &cfg, s.device);
-    let Some(model) = s.round("osme-mamc", model, None, true)? else { return Ok(None) };
+pub fn run<B: AutodiffBackend, T: Trunk<B>>(s: &T) -> Result<Option<Outcome>, TrainError> {
+    let cfg = OsmeMamcConfig::from_params(&s.recipe().method.params)
+        .map_err(|message| TrainError::Recipe { path: s.context().run_dir.join("recipe.toml"), message })?;
+    let [c, h, w] = s.map_shape();
+    let classes = s.dataset().num_classes();
+    B::seed(s.dev(), s.recipe().train.seed);
+    let model = OsmeMamc::<B>::new(c, classes, &cfg, s.dev());
+    let Some(model) = s.train_round("osme-mamc", model, true)? else { return Ok(None) };
     let model = model.valid();
-    let looks_at = look_images(s.ds.test.len());
+    let looks_at = look_images(s.dataset().test.len());
     let mut heats = std::collections::HashMap::new();
     let mut preds = std::collections::HashMap::new();
-    let (top1, n) = s.evaluate(None, |x| {
+    let (top1, n) = s.evaluate_maps(&mut |x| {
         let (m, _, logits) = model.forward(x.global.clone());
         // Attended energy of attention 1: Σ_c m_c U_c (per position).
         let maps = host(x.global.clone());
         let mh = host(m);
         let scores = host(logits);
         for (j, &(i, _)) in x.views.iter().enumerate() {
-            preds.insert(i, fgia_core::metrics::argmax_rows(&scores[j * s.classes..(j + 1) * s.classes], s.classes)[0]);
+            preds.insert(i, fgia_core::metrics::argmax_rows(&scores[j * classes..(j + 1) * classes], classes)[0]);
             if looks_at.contains(&i) {
                 let heat: Vec<f32> = (0..h * w)
                     .map(|p| (0..c).map(|ch| mh[(j * cfg.attentions) * c + ch] * maps[j * c * h * w + ch * h * w + p]).sum::<f32>().max(0.0))
@@ -199,14 +208,14 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
             }
         }
         scores
-    });
+    })?;
     let looks = looks_at
         .into_iter()
         .filter_map(|i| {
             Some(Look {
                 image: i,
                 heat: Some((h, heats.get(&i)?.clone())),
-                caption: preds.get(&i).map(|&p| format!("predicted: {}; map: attention 1", s.ds.classes.names[p])).unwrap_or_default(),
+                caption: preds.get(&i).map(|&p| format!("predicted: {}; map: attention 1", s.dataset().classes.names[p])).unwrap_or_default(),
                 ..Default::default()
             })
         })
@@ -215,12 +224,15 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
     metrics.insert("top1".into(), top1);
     metrics.insert("test_images".into(), n as f64);
     metrics.insert("attentions".into(), cfg.attentions as f64);
-    let t = &s.r.train;
+    let t = &s.recipe().train;
     Ok(Some(Outcome {
         metrics,
         trained_layers: format!(
-            "OSME ({} excitations, reduction {}, {}-d embeddings) and the classifier (backbone frozen)",
-            cfg.attentions, cfg.reduction, cfg.embedding
+            "OSME ({} excitations, reduction {}, {}-d embeddings) and the classifier ({})",
+            cfg.attentions,
+            cfg.reduction,
+            cfg.embedding,
+            s.trunk_words()
         ),
         loss: format!(
             "{} CE + {} MAMC (three N-pair terms) on {} classes x {} images per batch",

@@ -21,7 +21,11 @@
 //!   position of each part relative to the box over the training set;
 //! - no annotations: the whole view as the box, the parts placed by the same prior.
 //!
-//! **Deviations** (also in [`DEVIATIONS`]): no selective search proposals and no part detectors
+//! **End to end** (`mode = "end-to-end"`, [`PartRcnnLive`]): the regions are cropped from the
+//! pixels inside the step; a softmax on their concatenated features fine-tunes the backbone
+//! through them while the SVM learns on the same features, detached ([`LIVE_DEVIATIONS`]).
+//!
+//! **Deviations of the cached rounds** (also in [`DEVIATIONS`]): no selective search proposals and no part detectors
 //! (the paper's R-CNN detectors with the δ^NP geometric constraint); the rows without test-time
 //! parts use the mean-geometry prior instead, and the row without a box uses the whole view. The
 //! region features come from the frozen ImageNet backbone on the resampled regions, not from
@@ -39,9 +43,10 @@ use fgia_train::engine::{ParamGroup, StepLoss, TrainMethod, single_group};
 use serde::{Deserialize, Serialize};
 
 use crate::geometry::{NormBox, head_and_body};
+use crate::live::{HostCrops, LiveStage};
 use crate::looks::Look;
-use crate::nn::{hits, host};
-use crate::run::{LocBatch, LocInput, Outcome, Sample, Stage, look_images, prepare};
+use crate::nn::{cross_entropy, hits, host};
+use crate::run::{LocBatch, LocInput, Outcome, Sample, Stage, box_of, look_images, prepare};
 
 /// The deviations of every Part-based R-CNN run.
 pub const DEVIATIONS: &[&str] = &[
@@ -85,7 +90,8 @@ impl PartRcnnConfig {
     /// Parses and validates `[method.params]`.
     pub fn from_params(p: &toml::Table) -> Result<Self, String> {
         let c: PartRcnnConfig = crate::recipe::params(p)?;
-        if !(c.margin.is_finite() && (0.0..=1.0).contains(&c.margin)) || !(c.power.is_finite() && c.power > 0.0 && c.power <= 1.0) {
+        let valid = c.margin.is_finite() && (0.0..=1.0).contains(&c.margin) && c.power.is_finite() && c.power > 0.0 && c.power <= 1.0;
+        if !valid {
             return Err(format!("margin {} in [0, 1] and power {} in (0, 1]", c.margin, c.power));
         }
         if !(16..=1024).contains(&c.region_size) {
@@ -223,7 +229,11 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
     let size = cfg.region_size;
     let test_regions = std::sync::Mutex::new(std::collections::HashMap::<usize, [NormBox; 3]>::new());
     let to_samples = |r: [NormBox; 3]| r.iter().map(|b| Sample::from_box(*b, size)).collect::<Vec<_>>();
-    let parts = s.crops(
+    // The training regions (box, head, body from the annotations) do not depend on the test
+    // setting: the three recipes of a process draw them once.
+    let train_key = format!("part-rcnn|{}|{}", cfg.margin, cfg.region_size);
+    let parts = s.crops_sharing_train(
+        Some(&train_key),
         "Part-based R-CNN",
         3,
         3,
@@ -274,6 +284,129 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
         trained_layers: format!("a linear SVM on the power-normalised ({}) box, head and body features (3 x {c}; backbone frozen)", cfg.power),
         loss: "one-vs-rest squared hinge (L2-SVM), L2 regularisation by weight decay".into(),
         deviations,
+        tta: "none".into(),
+        looks,
+    }))
+}
+
+/// The deviations of every end-to-end Part-based R-CNN run.
+pub const LIVE_DEVIATIONS: &[&str] = &[
+    "no selective-search proposals or part detectors: test-time parts come from the annotations (oracle) or a mean-geometry prior relative to the box",
+    "one backbone fine-tuned on the three regions together by a softmax on their concatenated features, with the SVM trained on the same (detached) features in the same step (the paper fine-tunes one network per region, then trains the SVM on fc6)",
+];
+
+/// Part-based R-CNN end to end: the regions of each view come from its annotations (training:
+/// box and parts; test: the recipe's setting), are cropped from the pixels inside the step and run
+/// through the backbone, which the SVM's loss fine-tunes.
+#[derive(Module, Debug)]
+pub struct PartRcnnLive<B: Backend> {
+    svm: PartSvm<B>,
+    /// The fine-tuning classifier (softmax) on the concatenated region features.
+    soft: Linear<B>,
+    #[module(skip)]
+    cfg: PartRcnnConfig,
+    #[module(skip)]
+    prior: [[f32; 4]; 2],
+    /// Views whose regions could not be placed (a degenerate box): they fall back to the whole
+    /// view for every region.
+    #[module(skip)]
+    unplaced: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<B: AutodiffBackend> TrainMethod<B> for PartRcnnLive<B> {
+    type Batch = LocBatch;
+    type Input = LocInput<B>;
+
+    fn prepare(&self, b: LocBatch, device: &B::Device) -> LocInput<B> {
+        prepare(b, device)
+    }
+
+    fn loss(&self, x: &LocInput<B>, _: usize) -> StepLoss<B> {
+        // The paper's two stages in one step: the softmax fine-tunes the backbone on the regions;
+        // the SVM learns on the same features, detached (the power normalisation's derivative is
+        // infinite at zero and would flood the backbone).
+        let parts = x.parts.clone().expect("regions");
+        let [n, k, c] = parts.dims();
+        let soft = self.soft.forward(parts.clone().reshape([n, k * c]));
+        let scores = self.svm.forward(parts.detach());
+        let got = hits(&scores, &x.label_vec);
+        StepLoss { loss: cross_entropy(soft, x.labels.clone()) + squared_hinge(scores, &x.label_vec), hits: Some(got) }
+    }
+
+    fn param_groups(&self, grads: B::Gradients) -> Vec<ParamGroup> {
+        single_group(self, grads)
+    }
+}
+
+impl<B: Backend> HostCrops<B> for PartRcnnLive<B> {
+    fn crop_spec(&self, _: bool) -> (usize, usize, bool) {
+        (3, self.cfg.region_size, false)
+    }
+
+    fn samples(&self, _: Tensor<B, 4>, records: &[Record], items: &[usize], geometry: &[ViewGeometry], train: bool, _: u64) -> Vec<Vec<Sample>> {
+        let given = if train { TestAnnotations::BoxAndParts } else { self.cfg.test_annotations };
+        items
+            .iter()
+            .zip(geometry)
+            .map(|(&i, g)| {
+                let r = regions(&records[i], g, &self.cfg, &self.prior, given).unwrap_or_else(|| {
+                    self.unplaced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    [NormBox::FULL; 3]
+                });
+                r.iter().map(|b| Sample::from_box(*b, self.cfg.region_size)).collect()
+            })
+            .collect()
+    }
+}
+
+/// Runs Part-based R-CNN end to end.
+pub fn run_live<B: AutodiffBackend>(s: &LiveStage<'_, B>) -> Result<Option<Outcome>, TrainError> {
+    let cfg = PartRcnnConfig::from_params(&s.r.method.params).map_err(|message| TrainError::Recipe { path: s.ctx.run_dir.join("recipe.toml"), message })?;
+    let (prior, missing) = mean_geometry(&s.ds.train, cfg.margin);
+    let [c, _, _] = s.shape;
+    B::seed(s.device, s.r.train.seed);
+    let model = PartRcnnLive {
+        svm: PartSvm { svm: LinearConfig::new(3 * c, s.classes).init(s.device), power: cfg.power },
+        soft: LinearConfig::new(3 * c, s.classes).init(s.device),
+        cfg: cfg.clone(),
+        prior,
+        unplaced: Default::default(),
+    };
+    let Some(live) = s.train_crops(model, false)? else { return Ok(None) };
+    let train_unplaced = live.m.unplaced.load(std::sync::atomic::Ordering::Relaxed);
+    let live = live.valid();
+    live.m.unplaced.store(0, std::sync::atomic::Ordering::Relaxed);
+    let looks_at = look_images(s.ds.test.len());
+    let mut looks = Vec::new();
+    let classes = s.classes;
+    let (top1, n) = s.evaluate_crops(&live, |x, samples| {
+        let scores = host(live.m.svm.forward(x.parts.expect("regions")));
+        for (j, &(i, _)) in x.views.iter().enumerate().filter(|(_, v)| looks_at.contains(&v.0)) {
+            let pred = fgia_core::metrics::argmax_rows(&scores[j * classes..(j + 1) * classes], classes)[0];
+            let boxes = samples[j].iter().zip(["box", "head", "body"]).map(|(smp, name)| (box_of(&smp.grid), name.to_string()));
+            looks.push(Look { image: i, boxes: boxes.collect(), caption: format!("predicted: {}", s.ds.classes.names[pred]), ..Default::default() });
+        }
+        scores
+    })?;
+    let mut metrics = std::collections::BTreeMap::new();
+    metrics.insert("top1".into(), top1);
+    metrics.insert("test_images".into(), n as f64);
+    metrics.insert("train_head_missing".into(), missing[0] as f64);
+    metrics.insert("train_body_missing".into(), missing[1] as f64);
+    metrics.insert("train_views_unplaced".into(), train_unplaced as f64);
+    metrics.insert("test_images_unplaced".into(), live.m.unplaced.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    let size = cfg.region_size;
+    Ok(Some(Outcome {
+        metrics,
+        trained_layers: format!(
+            "the backbone (at {} times the rate, through the three regions, by a softmax on their concatenated features) and the linear SVM on the power-normalised ({}) box, head and body features (3 x {c}, detached)",
+            s.r.train.backbone_lr_mult, cfg.power
+        ),
+        loss: "CE(softmax on the concatenated regions; fine-tunes the backbone) + one-vs-rest squared hinge (L2-SVM on the detached features), L2 regularisation by weight decay".into(),
+        deviations: vec![
+            format!("regions resampled at {size} px; head and body keypoint groups grown by {} of the object's longer side", cfg.margin),
+            format!("annotations: {}", cfg.describe()),
+        ],
         tta: "none".into(),
         looks,
     }))

@@ -19,7 +19,16 @@
 //! fixed, then APNs with the classifiers fixed. Prediction: a classifier on the scales' fused
 //! features.
 //!
-//! **Deviations** (also in [`DEVIATIONS`]): cached rounds. Round 1 trains APNs and classifiers on
+//! **End to end** (`mode = "end-to-end"`, [`RaCnnLive`]): the paper's pipeline on pixels.
+//! Scale 2 is the boxcar-masked zoom of the view's pixels ([`zoom_to`], `k` per pixel), scale 3
+//! that of scale 2's pixels, both inside the step through the same backbone. The classifiers'
+//! step (cross-entropies of the three scales and the fusion, boxes detached) trains the backbone
+//! and the classifiers; the ranking step trains the APNs through the crops and the backbone,
+//! with the backbone's and the classifiers' parameters held fixed. Deviations there (also in
+//! [`LIVE_DEVIATIONS`] and the run's record): one backbone for the three scales (the paper has
+//! one per scale), the per-batch alternation, no APN pre-training, the `1x1` reduction.
+//!
+//! **Deviations of the cached rounds** (also in [`DEVIATIONS`]): cached rounds. Round 1 trains APNs and classifiers on
 //! the cached last map, zooming in feature space: the boxcar-masked map is RoI-aligned at the box
 //! (`grid_sample`) and the second APN reads that zoomed map; the alternation is per batch (two
 //! optimiser steps: cross-entropies with the boxes detached, then the ranking loss with the
@@ -39,18 +48,26 @@ use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::linear;
+use fgia_nn::Network;
 use fgia_train::TrainError;
 use fgia_train::engine::{ParamGroup, StepLoss, TrainMethod, single_group};
+use fgia_train::sources::MapBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::geometry::{NormBox, box_zoom, boxcar_mask};
+use crate::live::{LiveInput, LiveStage, backbone_groups, prepare_live, trunk};
 use crate::looks::Look;
-use crate::nn::{crop, cross_entropy, gap, hits, host};
+use crate::nn::{crop, cross_entropy, gap, hits, host, trainable};
 use crate::run::{LocBatch, LocInput, Outcome, Sample, Stage, look_images, prepare};
 
 /// The deviations of every RA-CNN run.
 pub const DEVIATIONS: &[&str] = &[
     "round 1 zooms in feature space (boxcar-masked cached map, RoI-aligned at the box) and alternates per batch; scale-2 and scale-3 crops drawn once per cached view (cached rounds)",
+    "no APN pre-training on the strongest-response square (the APNs start centred at half the side); a 1x1 channel reduction before the APN's fully connected layers",
+];
+
+/// The deviations of every end-to-end RA-CNN run.
+pub const LIVE_DEVIATIONS: &[&str] = &[
     "no APN pre-training on the strongest-response square (the APNs start centred at half the side); a 1x1 channel reduction before the APN's fully connected layers",
 ];
 
@@ -118,7 +135,7 @@ impl<B: Backend> Apn<B> {
     fn new(channels: usize, reduced: usize, positions: usize, hidden: usize, min_half: f32, device: &B::Device) -> Self {
         let mut fc2 = LinearConfig::new(hidden, 3).init(device);
         // Start centred with half the side: zero output weights and zero bias (σ(0) = 1/2).
-        fc2.weight = fc2.weight.map(|w| w.zeros_like());
+        fc2.weight = trainable(fc2.weight, |w| w.zeros_like());
         Apn {
             reduce: Conv2dConfig::new([channels, reduced], [1, 1]).init(device),
             fc1: LinearConfig::new(reduced * positions, hidden).init(device),
@@ -353,6 +370,173 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
             cfg.ce_weight, cfg.rank_weight, cfg.margin, cfg.k
         ),
         deviations: vec![format!("crops of scales 2 and 3 resampled at {size} px")],
+        tta: "none (the fusion classifier on the three scales)".into(),
+        looks,
+    }))
+}
+
+/// The boxcar-masked zoom of `x` `[n, C, h, w]` at the squares `(tx, ty, tl)` (unit coordinates
+/// of `x`, `[n]` each) to `size x size`; `k` per cell of `x` (per pixel on pixels).
+pub fn zoom_to<B: Backend>(x: Tensor<B, 4>, tx: Tensor<B, 1>, ty: Tensor<B, 1>, tl: Tensor<B, 1>, k: f32, size: usize) -> Tensor<B, 4> {
+    let [_, _, h, w] = x.dims();
+    let mask = boxcar_mask(tx.clone().mul_scalar(w as f32), ty.clone().mul_scalar(h as f32), tl.clone().mul_scalar(w as f32), h, w, k);
+    box_zoom(x * mask, tx.clone() - tl.clone(), ty.clone() - tl.clone(), tx + tl.clone(), ty + tl, size, size)
+}
+
+/// RA-CNN end to end (`mode = "end-to-end"`): the backbone, the two APNs, the three scale
+/// classifiers and the fusion in one module. Scale 2 is the boxcar-masked zoom of the pixels,
+/// scale 3 that of scale 2's pixels, both inside the step and through the same backbone.
+/// Step 0: the scales' and the fusion's cross-entropies train the backbone and the classifiers
+/// (boxes detached); step 1: the ranking loss trains the APNs through the crops and the backbone
+/// (the backbone's and the classifiers' parameters held fixed).
+#[derive(Module, Debug)]
+pub struct RaCnnLive<B: Backend> {
+    net: Network<B>,
+    apn1: Apn<B>,
+    apn2: Apn<B>,
+    cls: Vec<Linear<B>>,
+    fusion: Linear<B>,
+    #[module(skip)]
+    cfg: RaCnnConfig,
+    backbone_lr_mult: f64,
+}
+
+/// The three scales of a batch: their maps, and the APNs' squares (scale 2 in the view, scale 3
+/// in scale 2).
+type ScalesOut<B> = ([Tensor<B, 4>; 3], [(Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>); 2]);
+
+impl<B: Backend> RaCnnLive<B> {
+    /// The module over `net`: `dims` are the last map's channels, its positions at the view's
+    /// size and at the crops' size.
+    pub fn new(net: Network<B>, cfg: &RaCnnConfig, dims: [usize; 3], classes: usize, backbone_lr_mult: f64, device: &B::Device) -> Self {
+        let [c, p1, p2] = dims;
+        let lin = |i: usize| LinearConfig::new(i, classes).init::<B>(device);
+        RaCnnLive {
+            net,
+            apn1: Apn::new(c, cfg.apn_channels, p1, cfg.apn_hidden, cfg.min_half, device),
+            apn2: Apn::new(c, cfg.apn_channels, p2, cfg.apn_hidden, cfg.min_half, device),
+            cls: vec![lin(c), lin(c), lin(c)],
+            fusion: lin(3 * c),
+            cfg: cfg.clone(),
+            backbone_lr_mult,
+        }
+    }
+
+    /// The maps of the three scales of `pixels` through `net`, the boxes detached from the APNs
+    /// with `detach`.
+    fn scales(&self, net: &Network<B>, pixels: Tensor<B, 4>, detach: bool) -> ScalesOut<B> {
+        let (k, size) = (self.cfg.k, self.cfg.part_size);
+        let d = |t: Tensor<B, 1>| if detach { t.detach() } else { t };
+        let m1 = trunk(net, pixels.clone());
+        let (x1, y1, l1) = self.apn1.forward(m1.clone());
+        let c2 = zoom_to(pixels, d(x1.clone()), d(y1.clone()), d(l1.clone()), k, size);
+        let m2 = trunk(net, c2.clone());
+        let (x2, y2, l2) = self.apn2.forward(m2.clone());
+        let c3 = zoom_to(c2, d(x2.clone()), d(y2.clone()), d(l2.clone()), k, size);
+        let m3 = trunk(net, c3);
+        ([m1, m2, m3], [(x1, y1, l1), (x2, y2, l2)])
+    }
+
+    /// Fusion scores of the three scales' pooled features.
+    fn fuse(&self, maps: &[Tensor<B, 4>; 3]) -> Tensor<B, 2> {
+        self.fusion.forward(Tensor::cat(maps.iter().map(|m| gap(m.clone())).collect(), 1))
+    }
+}
+
+impl<B: AutodiffBackend> TrainMethod<B> for RaCnnLive<B> {
+    type Batch = MapBatch;
+    type Input = LiveInput<B>;
+
+    fn prepare(&self, b: MapBatch, device: &B::Device) -> LiveInput<B> {
+        prepare_live(b, device)
+    }
+
+    fn steps(&self) -> usize {
+        2
+    }
+
+    fn loss(&self, x: &LiveInput<B>, step: usize) -> StepLoss<B> {
+        if step == 0 {
+            let (maps, _) = self.scales(&self.net, x.pixels.clone(), true);
+            let fused = self.fuse(&maps);
+            let got = hits(&fused, &x.label_vec);
+            let mut loss = cross_entropy(fused, x.labels.clone());
+            for (m, c) in maps.into_iter().zip(&self.cls) {
+                loss = loss + cross_entropy(c.forward(gap(m)), x.labels.clone()).mul_scalar(self.cfg.ce_weight);
+            }
+            StepLoss { loss, hits: Some(got) }
+        } else {
+            // The backbone's parameters take no gradient here; the crops' pixels do.
+            let fixed_net = self.net.clone().no_grad();
+            let (maps, _) = self.scales(&fixed_net, x.pixels.clone(), false);
+            let fixed = |c: &Linear<B>, m: Tensor<B, 4>| linear(gap(m), c.weight.val().detach(), c.bias.as_ref().map(|b| b.val().detach()));
+            let p: Vec<Tensor<B, 1>> = maps.into_iter().zip(&self.cls).map(|(m, c)| p_true(fixed(c, m), &x.labels)).collect();
+            let rank = relu(p[0].clone() - p[1].clone() + self.cfg.margin).mean() + relu(p[1].clone() - p[2].clone() + self.cfg.margin).mean();
+            StepLoss { loss: rank.mul_scalar(self.cfg.rank_weight), hits: None }
+        }
+    }
+
+    fn param_groups(&self, grads: B::Gradients) -> Vec<ParamGroup> {
+        backbone_groups(&self.net, self, grads, self.backbone_lr_mult)
+    }
+}
+
+/// Runs RA-CNN end to end.
+pub fn run_live<B: AutodiffBackend>(s: &LiveStage<'_, B>) -> Result<Option<Outcome>, TrainError> {
+    let cfg = RaCnnConfig::from_params(&s.r.method.params).map_err(|message| TrainError::Recipe { path: s.ctx.run_dir.join("recipe.toml"), message })?;
+    let [c, h, w] = s.shape;
+    let size = cfg.part_size;
+    let [_, _, h2, w2] = trunk(&s.net.valid(), Tensor::zeros([1, 3, size, size], s.device)).dims();
+    let classes = s.classes;
+    B::seed(s.device, s.r.train.seed);
+    let model = RaCnnLive::new(s.net.clone(), &cfg, [c, h * w, h2 * w2], classes, s.r.train.backbone_lr_mult, s.device);
+    let Some(model) = s.train(model, false)? else { return Ok(None) };
+    let m = model.valid();
+    let looks_at = look_images(s.ds.test.len());
+    let mut looks = Vec::new();
+    let mut per_scale = [0usize; 3];
+    let mut total = 0usize;
+    let (top1, n) = s.evaluate(|x| {
+        let (maps, [(x1, y1, l1), (x2, y2, l2)]) = m.scales(&m.net, x.pixels.clone(), true);
+        for (k, (f, cl)) in maps.iter().zip(&m.cls).enumerate() {
+            per_scale[k] += hits(&cl.forward(gap(f.clone())), &x.label_vec);
+        }
+        total += x.label_vec.len();
+        let scores = host(m.fuse(&maps));
+        let (x1, y1, l1, x2, y2, l2) = (host(x1), host(y1), host(l1), host(x2), host(y2), host(l2));
+        for (j, &i) in x.items.iter().enumerate().filter(|(_, i)| looks_at.contains(i)) {
+            let pred = fgia_core::metrics::argmax_rows(&scores[j * classes..(j + 1) * classes], classes)[0];
+            // Scale 3 in the view: centre x1 − l1 + 2 l1 x2, half side 2 l1 l2.
+            let (x3, y3, l3) = (x1[j] - l1[j] + 2.0 * l1[j] * x2[j], y1[j] - l1[j] + 2.0 * l1[j] * y2[j], 2.0 * l1[j] * l2[j]);
+            looks.push(Look {
+                image: i,
+                boxes: vec![(to_box(x1[j], y1[j], l1[j]), "scale 2".into()), (to_box(x3, y3, l3), "scale 3".into())],
+                caption: format!("predicted: {}", s.ds.classes.names[pred]),
+                ..Default::default()
+            });
+        }
+        scores
+    })?;
+    let mut metrics = std::collections::BTreeMap::new();
+    metrics.insert("top1".into(), top1);
+    for (k, h) in per_scale.iter().enumerate() {
+        metrics.insert(format!("top1_scale{}", k + 1), 100.0 * *h as f64 / total.max(1) as f64);
+    }
+    metrics.insert("test_images".into(), n as f64);
+    Ok(Some(Outcome {
+        metrics,
+        trained_layers: format!(
+            "the backbone (at {} times the rate), three scale classifiers and the fusion (step 0); two APNs (1x1 reduction to {} channels, {} hidden units) through the crops and the backbone (step 1)",
+            s.r.train.backbone_lr_mult, cfg.apn_channels, cfg.apn_hidden
+        ),
+        loss: format!(
+            "CE(fusion) + {} Σ_s CE(scale s) with the boxes detached, alternating per batch with {} Σ max(0, p_t(s) − p_t(s+1) + {}) with the backbone and classifiers fixed (boxcar k = {} per pixel)",
+            cfg.ce_weight, cfg.rank_weight, cfg.margin, cfg.k
+        ),
+        deviations: vec![
+            format!("scales 2 and 3 zoomed to {size} px; one backbone shared by the three scales (the paper: one network per scale)"),
+            "the classifiers' and the APNs' steps alternate per batch, not until convergence".into(),
+        ],
         tta: "none (the fusion classifier on the three scales)".into(),
         looks,
     }))

@@ -14,7 +14,7 @@
 //!
 //! A method file implements its rounds with [`Stage`]; the registry's `run` dispatches. The
 //! record names every cached round in its deviations. `mode = "end-to-end"` (the `--full`
-//! profile) is refused with a clear error: the pixel-level end-to-end path is not built yet.
+//! profile) goes to [`crate::live`] instead: the same methods trained end to end.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,11 +40,17 @@ use crate::recipe::LocalizationRecipe;
 /// recipes of a process with the same backbone, data, sizes, views and seed.
 pub struct Shared<B: Backend> {
     entries: Vec<(String, Network<B>, FrozenCache)>,
+    /// Training crops that several recipes draw alike (Part-based R-CNN's annotated regions,
+    /// whatever its test setting), by key.
+    train_crops: std::cell::RefCell<BTreeMap<String, TrainCrops>>,
 }
+
+/// The training half of a [`PartFeatures`]: per `(image, view)` crops and one crop's map shape.
+type TrainCrops = (Vec<Option<Vec<f32>>>, [usize; 3]);
 
 impl<B: Backend> Default for Shared<B> {
     fn default() -> Self {
-        Shared { entries: Vec::new() }
+        Shared { entries: Vec::new(), train_crops: Default::default() }
     }
 }
 
@@ -96,6 +102,22 @@ impl Sample {
         }
         Sample { grid, erase: None }
     }
+}
+
+/// The box (unit square of the view) whose [`Sample::from_box`] grid `grid` is: its first and last
+/// sample positions, widened by half a step.
+pub fn box_of(grid: &[f32]) -> NormBox {
+    let n = grid.len() / 2;
+    let side = (n as f64).sqrt().round() as usize;
+    if side == 0 {
+        return NormBox::FULL;
+    }
+    let (first, last) = ((grid[0], grid[1]), (grid[2 * n - 2], grid[2 * n - 1]));
+    // Sample k of `side` sits at x0 + (k + 1/2) (x1 − x0) / side in the unit square.
+    let to_unit = |g: f32| (g + 1.0) / 2.0;
+    let (fx, fy, lx, ly) = (to_unit(first.0), to_unit(first.1), to_unit(last.0), to_unit(last.1));
+    let half = |a: f32, b: f32| if side > 1 { (b - a) / (2.0 * (side - 1) as f32) } else { 0.0 };
+    NormBox { x0: fx - half(fx, lx), y0: fy - half(fy, ly), x1: lx + half(fx, lx), y1: ly + half(fy, ly) }
 }
 
 /// Pooled (or spatial) backbone features of `k` crops per training view and test image.
@@ -270,6 +292,28 @@ pub struct Stage<'a, B: AutodiffBackend> {
     pub train_tf: Transform,
     /// Test transform.
     pub eval_tf: Transform,
+    /// Training crops shared between the recipes of the process ([`Stage::crops_sharing_train`]).
+    pub train_crops: &'a std::cell::RefCell<BTreeMap<String, TrainCrops>>,
+    /// The key of the backbone, data and views of the cached maps.
+    pub maps_key: String,
+}
+
+/// The engine's settings of a recipe's training (each round, or the end-to-end run).
+pub fn engine_spec(r: &LocalizationRecipe, balanced: bool) -> EngineSpec {
+    let t = &r.train;
+    EngineSpec {
+        epochs: t.epochs,
+        lr: t.lr,
+        optimizer: OptimizerSpec::Sgd { momentum: t.momentum, nesterov: false, weight_decay: t.weight_decay },
+        schedule: t.lr_schedule.clone(),
+        clip_grad_norm: 0.0,
+        seed: t.seed,
+        sampler: if balanced {
+            Sampler::ClassBalanced { p: t.classes_per_batch, k: t.images_per_class }
+        } else {
+            Sampler::Shuffled { batch_size: t.batch_size }
+        },
+    }
 }
 
 /// The 8 test images whose looks are drawn: spread evenly over the test split.
@@ -294,20 +338,7 @@ impl<B: AutodiffBackend> Stage<'_, B> {
     where
         M: TrainMethod<B, Batch = LocBatch>,
     {
-        let t = &self.r.train;
-        let spec = EngineSpec {
-            epochs: t.epochs,
-            lr: t.lr,
-            optimizer: OptimizerSpec::Sgd { momentum: t.momentum, nesterov: false, weight_decay: t.weight_decay },
-            schedule: t.lr_schedule.clone(),
-            clip_grad_norm: 0.0,
-            seed: t.seed,
-            sampler: if balanced {
-                Sampler::ClassBalanced { p: t.classes_per_batch, k: t.images_per_class }
-            } else {
-                Sampler::Shuffled { batch_size: t.batch_size }
-            },
-        };
+        let spec = engine_spec(self.r, balanced);
         let dir = self.ctx.run_dir.join(round);
         std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
         let io = RunIo { run_dir: dir, ..self.ctx.io(&format!("{} ({round})", self.r.report.method)) };
@@ -376,13 +407,37 @@ impl<B: AutodiffBackend> Stage<'_, B> {
         train_samples: &(dyn Fn(usize, usize, &ViewGeometry) -> Option<Vec<Sample>> + Sync),
         test_samples: &(dyn Fn(usize, &ViewGeometry) -> Option<Vec<Sample>> + Sync),
     ) -> Result<PartFeatures, TrainError> {
+        self.crops_sharing_train(None, what, k, k_test, size, spatial, train_samples, test_samples)
+    }
+
+    /// [`Stage::crops`], where recipes of the process whose training crops are alike (same
+    /// `train_key`, which must name everything `train_samples` depends on besides the cached
+    /// maps) draw them once.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    pub fn crops_sharing_train(
+        &self,
+        train_key: Option<&str>,
+        what: &str,
+        k: usize,
+        k_test: usize,
+        size: usize,
+        spatial: bool,
+        train_samples: &(dyn Fn(usize, usize, &ViewGeometry) -> Option<Vec<Sample>> + Sync),
+        test_samples: &(dyn Fn(usize, &ViewGeometry) -> Option<Vec<Sample>> + Sync),
+    ) -> Result<PartFeatures, TrainError> {
         let views = self.maps.views;
         let (train, test) = (&self.ds.train, &self.ds.test);
-        let total = (train.len() * views + test.len()) as u64;
+        let key = train_key.map(|t| format!("{}|{t}|{k}|{size}|{spatial}", self.maps_key));
+        let reused = key.as_ref().and_then(|key| self.train_crops.borrow().get(key).cloned());
+        let total = (if reused.is_some() { 0 } else { train.len() * views } + test.len()) as u64;
         let bar = engine::progress_bar(self.ctx.progress, total, &format!("{what}: crops through the frozen backbone"));
         let mut shape = [0usize; 3];
         let mut train_out = vec![None; train.len() * views];
-        for v in 0..views {
+        let draw_train = reused.is_none();
+        if let Some((out, s)) = reused {
+            (train_out, shape) = (out, s);
+        }
+        for v in (0..views).filter(|_| draw_train) {
             let out = crop_pass(
                 self.net,
                 train,
@@ -401,6 +456,9 @@ impl<B: AutodiffBackend> Stage<'_, B> {
             for (i, x) in out.into_iter().enumerate() {
                 train_out[i * views + v] = x;
             }
+        }
+        if let Some(key) = key {
+            self.train_crops.borrow_mut().insert(key, (train_out.clone(), shape));
         }
         let test_out =
             crop_pass(self.net, test, &self.eval_tf, 0, 0, self.r.data.skip_bad, k_test, size, spatial, test_samples, self.device, &bar, &mut shape)?;
@@ -501,6 +559,9 @@ fn crop_pass<B: Backend>(
     Ok(out)
 }
 
+/// The frozen backbone, its maps and the shared training crops.
+type SharedRefs<'a, B> = (&'a Network<B>, &'a FrozenCache, &'a std::cell::RefCell<BTreeMap<String, TrainCrops>>);
+
 /// The frozen backbone and its maps for `r` (built once per process and key).
 fn shared_maps<'a, B: Backend>(
     r: &LocalizationRecipe,
@@ -509,11 +570,11 @@ fn shared_maps<'a, B: Backend>(
     ctx: &RunContext,
     shared: &'a mut Shared<B>,
     device: &B::Device,
-) -> Result<(&'a Network<B>, &'a FrozenCache), TrainError> {
+) -> Result<SharedRefs<'a, B>, TrainError> {
     let key = shared_key(r, root);
     if let Some(i) = shared.entries.iter().position(|(k, _, _)| *k == key) {
         let e = &shared.entries[i];
-        return Ok((&e.1, &e.2));
+        return Ok((&e.1, &e.2, &shared.train_crops));
     }
     let kind = r.model.backbone;
     let net = load_network(NetworkConfig::new(kind).init::<B>(device), kind, ctx.pretrained_weights()?)?.0;
@@ -534,7 +595,7 @@ fn shared_maps<'a, B: Backend>(
     )?;
     shared.entries.push((key, net, maps));
     let e = shared.entries.last().expect("pushed");
-    Ok((&e.1, &e.2))
+    Ok((&e.1, &e.2, &shared.train_crops))
 }
 
 /// Trains and evaluates one recipe; `None` when stopped early (`RunContext::stop_after_epochs`).
@@ -548,53 +609,60 @@ pub fn run_recipe<B: AutodiffBackend>(
     let run_dir = &ctx.run_dir;
     let opened = engine::open_run_dir(run_dir, ctx.resume, &recipe.to_toml())?;
     let r = &LocalizationRecipe::parse(&opened.recipe).map_err(|message| TrainError::Recipe { path: run_dir.join("recipe.toml"), message })?;
-    if r.model.mode != "frozen" {
-        return Err(TrainError::Recipe {
-            path: run_dir.join("recipe.toml"),
-            message: format!(
-                "model.mode '{}': the §5.1 methods train in cached rounds on the frozen trunk (mode = \"frozen\"); end-to-end training through the crops is not available in this version",
-                r.model.mode
-            ),
-        });
-    }
+    let end_to_end = r.model.mode == "end-to-end";
+    let method = r.method.name;
     let ds = r.data.read(ctx.data_root.as_deref())?;
     let root = r.data.root(ctx.data_root.as_deref())?;
     engine::check_run_data(run_dir, ctx.resume, &engine::RunData::new(&root, &ds.classes.names))?;
-    let method = r.method.name;
     method.check_data(&ds).map_err(|message| TrainError::Recipe { path: root.clone(), message })?;
-    let (net, maps) = shared_maps::<B::InnerBackend>(r, &ds, &root, ctx, shared, device)?;
     let norm = r.model.backbone.normalize();
-    let stage = Stage::<B> {
-        r,
-        ctx,
-        ds: &ds,
-        root: root.clone(),
-        net,
-        maps,
-        device,
-        classes: ds.num_classes(),
-        train_tf: r.data.train_transform(norm),
-        eval_tf: r.data.eval_transform(norm),
+    let (train_tf, eval_tf) = (r.data.train_transform(norm), r.data.eval_transform(norm));
+    let out = if end_to_end {
+        let kind = r.model.backbone;
+        B::seed(device, r.train.seed);
+        let net = load_network(NetworkConfig::new(kind).init::<B>(device), kind, ctx.pretrained_weights()?)?.0;
+        let stage = crate::live::LiveStage::new(r, ctx, &ds, device, net, train_tf.clone(), eval_tf.clone());
+        method.run_live(&stage)?
+    } else {
+        let (net, maps, train_crops) = shared_maps::<B::InnerBackend>(r, &ds, &root, ctx, shared, device)?;
+        let stage = Stage::<B> {
+            r,
+            ctx,
+            ds: &ds,
+            root: root.clone(),
+            net,
+            maps,
+            device,
+            classes: ds.num_classes(),
+            train_tf: train_tf.clone(),
+            eval_tf: eval_tf.clone(),
+            train_crops,
+            maps_key: shared_key(r, &root),
+        };
+        method.run(&stage)?
     };
-    let Some(out) = method.run(&stage)? else { return Ok(None) };
-    let looks_written = crate::looks::write_looks(&run_dir.join("looks.svg"), &ds.test, &stage.eval_tf, &out.looks)
-        .map_err(|e| TrainError::io(&run_dir.join("looks.svg"), e))?;
+    let Some(out) = out else { return Ok(None) };
+    let looks_written =
+        crate::looks::write_looks(&run_dir.join("looks.svg"), &ds.test, &eval_tf, &out.looks).map_err(|e| TrainError::io(run_dir.join("looks.svg"), e))?;
     let mut metrics = out.metrics;
-    metrics.insert("chance".into(), 100.0 / stage.classes as f64);
+    metrics.insert("chance".into(), 100.0 / ds.num_classes() as f64);
     metrics.insert("looks_drawn".into(), looks_written as f64);
     // Test images without a score (undecodable with skip_bad, or no crops): counted, never silent.
     let scored = metrics.get("test_images").copied().unwrap_or(0.0);
     metrics.insert("test_images_skipped".into(), ds.test.len() as f64 - scored);
-    let mut deviations: Vec<String> = method.deviations().iter().map(|s| s.to_string()).collect();
+    let fixed = if end_to_end { method.live_deviations() } else { method.deviations() };
+    let mut deviations: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
     deviations.extend(out.deviations);
-    deviations.push(format!(
-        "{} ImageNet backbone frozen: the localizer trains on its cached last map ({} views per training image), then the crops are resampled from those views' pixels and run through the frozen backbone once (cached rounds), instead of end-to-end training through the crops",
-        r.model.backbone.display_name(),
-        r.train.views
-    ));
+    if !end_to_end {
+        deviations.push(format!(
+            "{} ImageNet backbone frozen: the localizer trains on its cached last map ({} views per training image), then the crops are resampled from those views' pixels and run through the frozen backbone once (cached rounds), instead of end-to-end training through the crops",
+            r.model.backbone.display_name(),
+            r.train.views
+        ));
+    }
     deviations.extend(r.report.deviations.iter().cloned());
     let (t, c) = (&r.train, r.data.crop);
-    let classes = stage.classes;
+    let classes = ds.num_classes();
     let data =
         r.data.description.clone().unwrap_or_else(|| format!("{} ({classes} classes, {} train / {} test images)", ds.name, ds.train.len(), ds.test.len()));
     let record = ResultRecord {
@@ -609,16 +677,27 @@ pub fn run_recipe<B: AutodiffBackend>(
         section: Some(method.section().into()),
         protocol: Protocol {
             split: "the official train / test split".into(),
-            train_transform: format!("{} cached views: resize {}, random {c}x{c} crop, random flip; crops resampled from each view", t.views, r.data.resize),
+            train_transform: if end_to_end {
+                format!("decoded every epoch: resize {}, random {c}x{c} crop, random flip; crops resampled from the view inside the step", r.data.resize)
+            } else {
+                format!("{} cached views: resize {}, random {c}x{c} crop, random flip; crops resampled from each view", t.views, r.data.resize)
+            },
             eval_transform: format!("resize {}, centre {c}x{c} crop; crops resampled from it", r.data.resize),
             tta: out.tta,
-            checkpoint: "last epoch of every round".into(),
+            checkpoint: if end_to_end { "last epoch" } else { "last epoch of every round" }.into(),
             seeds: vec![t.seed],
             epochs: t.epochs,
             batch_size: t.batch_size,
-            optimizer: format!("SGD momentum {} lr {} weight decay {}, {} (each round)", t.momentum, t.lr, t.weight_decay, t.lr_schedule.describe()),
+            optimizer: format!(
+                "SGD momentum {} lr {} weight decay {}, {}{}",
+                t.momentum,
+                t.lr,
+                t.weight_decay,
+                t.lr_schedule.describe(),
+                if end_to_end { format!("; backbone at {} times the rate", t.backbone_lr_mult) } else { " (each round)".into() }
+            ),
             trained_layers: out.trained_layers,
-            mode: FeatureMode::Frozen,
+            mode: if end_to_end { FeatureMode::EndToEnd } else { FeatureMode::Frozen },
             trained_from_stage: None,
             loss: Some(out.loss),
             data_parallel: ctx.data_parallel(),

@@ -22,7 +22,11 @@
 //! on the three pooled features: `CE(fusion) + LS(raw) + CE(D) + LS(C)` (weights 1; `LS` keeps
 //! 0.85 on the label, the authors' smoothed loss). Prediction: the fusion classifier.
 //!
-//! **Deviations** (also in [`DEVIATIONS`]): cached rounds (round 1 trains the raw classifier on
+//! **End to end** (`mode = "end-to-end"`, [`run_live`]): every step draws the two samples from
+//! the live map's class peak responses and runs them through the backbone it trains
+//! ([`LIVE_DEVIATIONS`]).
+//!
+//! **Deviations of the cached rounds** (also in [`DEVIATIONS`]): cached rounds (round 1 trains the raw classifier on
 //! the cached maps; its peaks pick the samples once per cached view; round 2 trains the four
 //! classifiers on the resampled images' pooled features, the raw one continuing); no "buffer"
 //! convolution on the sampled branches (their maps are pooled directly); the learnable radii and
@@ -34,12 +38,16 @@ use burn::module::AutodiffModule;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use fgia_core::datasets::Record;
+use fgia_core::imaging::ViewGeometry;
 use fgia_train::TrainError;
 use fgia_train::engine::{ParamGroup, StepLoss, TrainMethod, single_group};
 use serde::{Deserialize, Serialize};
 
 use crate::geometry::{map_at, saliency_coarse, upsample_grid};
+use crate::live::{HostCrops, LiveStage};
 use crate::looks::Look;
+use crate::looks::thin_grid;
 use crate::nn::{crop, cross_entropy, gap, hits, host, item_rng, smoothed_cross_entropy};
 use crate::run::{LocBatch, LocInput, Outcome, Sample, Stage, look_images, prepare};
 
@@ -245,6 +253,57 @@ fn cams<B: Backend>(raw: &Linear<B>, maps: Tensor<B, 4>) -> (Vec<f32>, Vec<f32>,
     (host(cam), host(scores), h)
 }
 
+/// The coarse sampling grids (discriminative, complementary; [`saliency_coarse`]) of a class
+/// peak map `m`: in training (`rng`) the peaks split at random by their response, at test the
+/// strongest peak makes the discriminative attention and all but the weakest the complementary
+/// one (the base attention where there are too few peaks).
+fn coarse_pair(m: &[f32], cfg: &S3nConfig, rng: Option<&mut fgia_core::rng::SplitMix64>) -> Coarse {
+    let g = cfg.grid;
+    let sigma = cfg.fwhm / (2.0 * (2.0 * 2f32.ln()).sqrt());
+    let (qd, qc) = match rng {
+        Some(rng) => two_attentions(m, cfg, |_, s| rng.next_f64() < f64::from(s)),
+        None => {
+            let p = peaks(m, g);
+            let strongest = (0..p.len()).max_by(|&a, &b| p[a].2.total_cmp(&p[b].2));
+            let weakest = (0..p.len()).min_by(|&a, &b| p[a].2.total_cmp(&p[b].2));
+            let (mut qd, _) = two_attentions(m, cfg, |k, _| Some(k) == strongest);
+            let (_, mut qc) = two_attentions(m, cfg, |k, _| Some(k) != weakest);
+            if p.len() == 1 {
+                qc = vec![cfg.base; g * g];
+            }
+            if p.is_empty() {
+                qd = vec![cfg.base; g * g];
+            }
+            (qd, qc)
+        }
+    };
+    (saliency_coarse(&qd, g, cfg.pad, sigma), saliency_coarse(&qc, g, cfg.pad, sigma))
+}
+
+/// Coarse grids of the two samples.
+type Coarse = (Vec<f32>, Vec<f32>);
+
+impl<B: Backend> HostCrops<B> for S3nHeads<B> {
+    fn crop_spec(&self, _: bool) -> (usize, usize, bool) {
+        (2, self.cfg.sample_size, false)
+    }
+
+    fn samples(&self, map: Tensor<B, 4>, _: &[Record], items: &[usize], _: &[ViewGeometry], train: bool, draw: u64) -> Vec<Vec<Sample>> {
+        let (cam, scores, h) = cams(&self.raw, map);
+        let classes = scores.len() / items.len().max(1);
+        let (g, size) = (self.cfg.grid, self.cfg.sample_size);
+        items
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| {
+                let m = class_peak_map(&cam[j * classes * h * h..(j + 1) * classes * h * h], h, &scores[j * classes..(j + 1) * classes], &self.cfg);
+                let (d, c) = coarse_pair(&m, &self.cfg, train.then(|| item_rng(draw, 2, i, 0)).as_mut());
+                vec![Sample { grid: upsample_grid(&d, g, size), erase: None }, Sample { grid: upsample_grid(&c, g, size), erase: None }]
+            })
+            .collect()
+    }
+}
+
 /// Runs S3N.
 pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, TrainError> {
     let cfg = S3nConfig::from_params(&s.r.method.params).map_err(|message| TrainError::Recipe { path: s.ctx.run_dir.join("recipe.toml"), message })?;
@@ -255,18 +314,14 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
     let heads = S3nHeads { raw: lin(c), disc: lin(c), comp: lin(c), fusion: lin(3 * c), cfg: cfg.clone(), round2: false };
     let Some(heads) = s.round("round-1-raw", heads, None, false)? else { return Ok(None) };
     let raw = heads.valid().raw;
-    let sigma = cfg.fwhm / (2.0 * (2.0 * 2f32.ln()).sqrt());
     let g = cfg.grid;
     let seed = s.r.train.seed;
-    type Coarse = (Vec<f32>, Vec<f32>);
     let mut train_grids: HashMap<(usize, usize), Coarse> = HashMap::new();
     s.on_maps(&s.train_views(), true, |views, maps| {
         let (cam, scores, h) = cams(&raw, maps);
         for (j, &(i, v)) in views.iter().enumerate() {
             let m = class_peak_map(&cam[j * classes * h * h..(j + 1) * classes * h * h], h, &scores[j * classes..(j + 1) * classes], &cfg);
-            let mut rng = item_rng(seed, 2, i, v);
-            let (qd, qc) = two_attentions(&m, &cfg, |_, s| rng.next_f64() < f64::from(s));
-            train_grids.insert((i, v), (saliency_coarse(&qd, g, cfg.pad, sigma), saliency_coarse(&qc, g, cfg.pad, sigma)));
+            train_grids.insert((i, v), coarse_pair(&m, &cfg, Some(&mut item_rng(seed, 2, i, v))));
         }
     });
     let mut test_grids: HashMap<usize, (Coarse, Vec<f32>)> = HashMap::new();
@@ -274,18 +329,7 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
         let (cam, scores, h) = cams(&raw, maps);
         for (j, &(i, _)) in views.iter().enumerate() {
             let m = class_peak_map(&cam[j * classes * h * h..(j + 1) * classes * h * h], h, &scores[j * classes..(j + 1) * classes], &cfg);
-            let p = peaks(&m, g);
-            let strongest = (0..p.len()).max_by(|&a, &b| p[a].2.total_cmp(&p[b].2));
-            let weakest = (0..p.len()).min_by(|&a, &b| p[a].2.total_cmp(&p[b].2));
-            let (mut qd, _) = two_attentions(&m, &cfg, |k, _| Some(k) == strongest);
-            let (_, mut qc) = two_attentions(&m, &cfg, |k, _| Some(k) != weakest);
-            if p.len() == 1 {
-                qc = vec![cfg.base; g * g];
-            }
-            if p.is_empty() {
-                qd = vec![cfg.base; g * g];
-            }
-            test_grids.insert(i, ((saliency_coarse(&qd, g, cfg.pad, sigma), saliency_coarse(&qc, g, cfg.pad, sigma)), m));
+            test_grids.insert(i, (coarse_pair(&m, &cfg, None), m));
         }
     });
     let size = cfg.sample_size;
@@ -333,6 +377,63 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
             "{wf} CE(fusion) + {wr} LS(raw, {s}) + {wd} CE(discriminative) + {wc} LS(complementary, {s}) (round 2; round 1: CE(raw))",
             s = cfg.smooth
         ),
+        deviations: vec![format!("samples resampled at {size} px")],
+        tta: "none (the fusion classifier on the image and its two samples)".into(),
+        looks,
+    }))
+}
+
+/// The deviations of every end-to-end S3N run.
+pub const LIVE_DEVIATIONS: &[&str] = &[
+    "the samples are drawn on the host from the class peak responses of the detached map (no gradient through the sampler); no buffer convolutions before the classifiers",
+];
+
+/// Runs S3N end to end: every step draws the two samples from the current raw classifier's
+/// class peak responses on the live map, resamples them from the pixels (`grid_sample` on the
+/// saliency grids) and runs them through the backbone it trains, with the four classifiers'
+/// losses from the first step.
+pub fn run_live<B: AutodiffBackend>(s: &LiveStage<'_, B>) -> Result<Option<Outcome>, TrainError> {
+    let cfg = S3nConfig::from_params(&s.r.method.params).map_err(|message| TrainError::Recipe { path: s.ctx.run_dir.join("recipe.toml"), message })?;
+    let [c, _, _] = s.shape;
+    let classes = s.classes;
+    B::seed(s.device, s.r.train.seed);
+    let lin = |i: usize| LinearConfig::new(i, classes).init::<B>(s.device);
+    let heads = S3nHeads { raw: lin(c), disc: lin(c), comp: lin(c), fusion: lin(3 * c), cfg: cfg.clone(), round2: true };
+    let Some(live) = s.train_crops(heads, false)? else { return Ok(None) };
+    let live = live.valid();
+    let looks_at = look_images(s.ds.test.len());
+    let mut looks = Vec::new();
+    let mut raw_hits = (0usize, 0usize);
+    let size = cfg.sample_size;
+    let (top1, n) = s.evaluate_crops(&live, |x, samples| {
+        let model = &live.m;
+        let scores = host(model.fuse(x.global.clone(), x.parts.as_ref().expect("samples")));
+        raw_hits.0 += hits(&model.raw.forward(gap(x.global.clone())), &x.label_vec);
+        raw_hits.1 += x.label_vec.len();
+        for (j, &(i, _)) in x.views.iter().enumerate().filter(|(_, v)| looks_at.contains(&v.0)) {
+            let pred = fgia_core::metrics::argmax_rows(&scores[j * classes..(j + 1) * classes], classes)[0];
+            let thin = |k: usize| thin_grid(&samples[j][k].grid, size, 32);
+            looks.push(Look {
+                image: i,
+                grids: vec![(32, thin(0), "discriminative sample".into()), (32, thin(1), "complementary sample".into())],
+                caption: format!("predicted: {}", s.ds.classes.names[pred]),
+                ..Default::default()
+            });
+        }
+        scores
+    })?;
+    let mut metrics = std::collections::BTreeMap::new();
+    metrics.insert("top1".into(), top1);
+    metrics.insert("top1_raw_only".into(), 100.0 * raw_hits.0 as f64 / raw_hits.1.max(1) as f64);
+    metrics.insert("test_images".into(), n as f64);
+    let [wf, wr, wd, wc] = cfg.weights;
+    Ok(Some(Outcome {
+        metrics,
+        trained_layers: format!(
+            "the backbone (at {} times the rate, through the image and both samples) and the raw, discriminative, complementary and fusion classifiers",
+            s.r.train.backbone_lr_mult
+        ),
+        loss: format!("{wf} CE(fusion) + {wr} LS(raw, {s}) + {wd} CE(discriminative) + {wc} LS(complementary, {s})", s = cfg.smooth),
         deviations: vec![format!("samples resampled at {size} px")],
         tta: "none (the fusion classifier on the image and its two samples)".into(),
         looks,

@@ -21,7 +21,11 @@
 //! CE_shared(I_s)) + 1 · L_kd` (the authors' gradient scales), plus the attention net's
 //! cross-entropy in round 1. Prediction: the shared classifier on `I_s`.
 //!
-//! **Deviations** (also in [`DEVIATIONS`]): cached rounds (round 1 trains the attention layers and
+//! **End to end** (`mode = "end-to-end"`, [`TasnJoint`]): attention and nets train together
+//! on the live backbone, both samplers redrawn every step from the live map and resampled from
+//! the pixels ([`LIVE_DEVIATIONS`]).
+//!
+//! **Deviations of the cached rounds** (also in [`DEVIATIONS`]): cached rounds (round 1 trains the attention layers and
 //! their classifier on the frozen backbone's cached map, one conv3x3 at dilations 1 and 2 with
 //! shared weights, instead of a separate ResNet-18; the samples are drawn once per cached view;
 //! round 2 trains the classifiers on the samples' pooled features); the cap is applied in every
@@ -36,12 +40,16 @@ use burn::tensor::activation::{relu, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
+use fgia_core::datasets::Record;
+use fgia_core::imaging::ViewGeometry;
 use fgia_train::TrainError;
 use fgia_train::engine::{ParamGroup, StepLoss, TrainMethod, single_group};
 use serde::{Deserialize, Serialize};
 
 use crate::geometry::{map_at, tasn_grid};
+use crate::live::{HostCrops, LiveStage};
 use crate::looks::Look;
+use crate::looks::thin_grid;
 use crate::nn::{crop, cross_entropy, gap, hits, host, item_rng, soft_cross_entropy};
 use crate::run::{LocBatch, LocInput, Outcome, Sample, Stage, look_images, prepare};
 
@@ -217,6 +225,9 @@ impl<B: AutodiffBackend> TrainMethod<B> for TasnNets<B> {
     }
 }
 
+/// A view with its structure and detail maps.
+type ViewMaps = ((usize, usize), Vec<f32>, Vec<f32>);
+
 /// Runs TASN.
 pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, TrainError> {
     let cfg = TasnConfig::from_params(&s.r.method.params).map_err(|message| TrainError::Recipe { path: s.ctx.run_dir.join("recipe.toml"), message })?;
@@ -229,24 +240,12 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
     let res = 8 * s.maps.shape[1];
     let size = cfg.sample_size;
     // Per view: the structure and detail maps at `res x res`.
-    let maps_of = |views: &[(usize, usize)], maps: Tensor<B::InnerBackend, 4>, train: bool| -> Vec<((usize, usize), Vec<f32>, Vec<f32>)> {
-        let [n, _, h, w] = maps.dims();
-        let m = host(trilinear(att.forward(maps), cfg.scale));
-        let (c, hw) = (cfg.channels, h * w);
-        (0..n)
-            .map(|j| {
-                let mj = &m[j * c * hw..(j + 1) * c * hw];
-                let (structure, keep) = structure_and_channels(mj, c, hw);
-                let detail: Vec<f32> = if train && !keep.is_empty() {
-                    let (i, v) = views[j];
-                    let k = keep[item_rng(seed, 2, i, v).below(keep.len() as u64) as usize];
-                    mj[k * hw..(k + 1) * hw].to_vec()
-                } else {
-                    (0..hw).map(|p| keep.iter().map(|&k| mj[k * hw + p]).sum()).collect()
-                };
-                (views[j], upsampled(&structure, h, res), upsampled(&detail, h, res))
-            })
-            .collect()
+    let maps_of = |views: &[(usize, usize)], maps: Tensor<B::InnerBackend, 4>, train: bool| -> Vec<ViewMaps> {
+        let pick = |j: usize, keep: &[usize]| {
+            let (i, v) = views[j];
+            (train && !keep.is_empty()).then(|| keep[item_rng(seed, 2, i, v).below(keep.len() as u64) as usize])
+        };
+        tasn_maps(&att, &cfg, maps, pick).into_iter().zip(views).map(|((st, de), v)| (*v, st, de)).collect()
     };
     let mut train_maps: HashMap<(usize, usize), (Vec<f32>, Vec<f32>)> = HashMap::new();
     s.on_maps(&s.train_views(), true, |views, maps| {
@@ -308,6 +307,144 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
         ),
         loss: format!(
             "{a} CE(attention) (round 1); {w} (CE(part, I_d) + CE(master, I_s) + CE(shared, I_d) + CE(shared, I_s)) + {k} soft CE(master / {t}, softmax(part / {t})) (round 2)",
+            a = cfg.att_weight,
+            w = cfg.ce_weight,
+            k = cfg.kd_weight,
+            t = cfg.temperature
+        ),
+        deviations: vec![format!("samples resampled at {size} px from the {} px view", s.r.data.crop)],
+        tta: "none (the shared classifier on the structure sample)".into(),
+        looks,
+    }))
+}
+
+/// The deviations of every end-to-end TASN run.
+pub const LIVE_DEVIATIONS: &[&str] = &[
+    "one backbone for the attention, the part net and the master net (the paper: a separate ResNet-18 for the attention); the attention's classifier and the part/master nets trained together in every step",
+];
+
+/// TASN end to end: the attention layers and the part / master / shared classifiers in one
+/// module; every step draws the structure and detail samplers from the current trilinear
+/// attention of the live map and resamples both from the pixels.
+#[derive(Module, Debug)]
+pub struct TasnJoint<B: Backend> {
+    att: TasnAttention<B>,
+    nets: TasnNets<B>,
+}
+
+impl<B: AutodiffBackend> TrainMethod<B> for TasnJoint<B> {
+    type Batch = LocBatch;
+    type Input = LocInput<B>;
+
+    fn prepare(&self, b: LocBatch, device: &B::Device) -> LocInput<B> {
+        prepare(b, device)
+    }
+
+    fn loss(&self, x: &LocInput<B>, step: usize) -> StepLoss<B> {
+        let a = self.att.loss(x, step);
+        let p = self.nets.loss(x, step);
+        StepLoss { loss: a.loss + p.loss, hits: p.hits }
+    }
+
+    fn param_groups(&self, grads: B::Gradients) -> Vec<ParamGroup> {
+        single_group(self, grads)
+    }
+}
+
+/// The structure and detail maps (at `8 h` per side) of each item of maps `[n, C, h, w]`: in
+/// training the detail map is one channel drawn among the distinct ones, at test their sum.
+fn tasn_maps<B: Backend>(
+    att: &TasnAttention<B>,
+    cfg: &TasnConfig,
+    maps: Tensor<B, 4>,
+    mut detail_channel: impl FnMut(usize, &[usize]) -> Option<usize>,
+) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let [n, _, h, w] = maps.dims();
+    let res = 8 * h;
+    let m = host(trilinear(att.forward(maps), cfg.scale));
+    let (c, hw) = (cfg.channels, h * w);
+    (0..n)
+        .map(|j| {
+            let mj = &m[j * c * hw..(j + 1) * c * hw];
+            let (structure, keep) = structure_and_channels(mj, c, hw);
+            let detail: Vec<f32> = match detail_channel(j, &keep) {
+                Some(k) => mj[k * hw..(k + 1) * hw].to_vec(),
+                None => (0..hw).map(|p| keep.iter().map(|&k| mj[k * hw + p]).sum()).collect(),
+            };
+            (upsampled(&structure, h, res), upsampled(&detail, h, res))
+        })
+        .collect()
+}
+
+impl<B: Backend> HostCrops<B> for TasnJoint<B> {
+    fn crop_spec(&self, _: bool) -> (usize, usize, bool) {
+        (2, self.nets.cfg.sample_size, false)
+    }
+
+    fn samples(&self, map: Tensor<B, 4>, _: &[Record], items: &[usize], _: &[ViewGeometry], train: bool, draw: u64) -> Vec<Vec<Sample>> {
+        let cfg = &self.nets.cfg;
+        let [_, _, h, _] = map.dims();
+        let res = 8 * h;
+        let pick = |j: usize, keep: &[usize]| (train && !keep.is_empty()).then(|| keep[item_rng(draw, 2, items[j], 0).below(keep.len() as u64) as usize]);
+        tasn_maps(&self.att, cfg, map, pick)
+            .into_iter()
+            .map(|(st, de)| {
+                let grid = |m: &[f32]| tasn_grid(m, res, res, cfg.sample_size, cfg.dense, cfg.iters);
+                vec![Sample { grid: grid(&st), erase: None }, Sample { grid: grid(&de), erase: None }]
+            })
+            .collect()
+    }
+}
+
+/// Runs TASN end to end.
+pub fn run_live<B: AutodiffBackend>(s: &LiveStage<'_, B>) -> Result<Option<Outcome>, TrainError> {
+    let cfg = TasnConfig::from_params(&s.r.method.params).map_err(|message| TrainError::Recipe { path: s.ctx.run_dir.join("recipe.toml"), message })?;
+    let [c, _, _] = s.shape;
+    let classes = s.classes;
+    B::seed(s.device, s.r.train.seed);
+    let lin = || LinearConfig::new(c, classes).init::<B>(s.device);
+    let joint = TasnJoint {
+        att: TasnAttention::new(c, cfg.channels, classes, cfg.att_weight, s.device),
+        nets: TasnNets { part: lin(), master: lin(), shared: lin(), cfg: cfg.clone() },
+    };
+    let Some(live) = s.train_crops(joint, false)? else { return Ok(None) };
+    let live = live.valid();
+    let looks_at = look_images(s.ds.test.len());
+    let mut looks = Vec::new();
+    let (mut master_hits, mut part_hits, mut total) = (0usize, 0usize, 0usize);
+    let size = cfg.sample_size;
+    let (top1, n) = s.evaluate_crops(&live, |x, samples| {
+        let nets = &live.m.nets;
+        let p = x.parts.as_ref().expect("samples");
+        master_hits += hits(&nets.master.forward(crop(p, 0)), &x.label_vec);
+        part_hits += hits(&nets.part.forward(crop(p, 1)), &x.label_vec);
+        total += x.label_vec.len();
+        let scores = host(nets.shared.forward(crop(p, 0)));
+        for (j, &(i, _)) in x.views.iter().enumerate().filter(|(_, v)| looks_at.contains(&v.0)) {
+            let pred = fgia_core::metrics::argmax_rows(&scores[j * classes..(j + 1) * classes], classes)[0];
+            let thin = |k: usize| thin_grid(&samples[j][k].grid, size, 32);
+            looks.push(Look {
+                image: i,
+                grids: vec![(32, thin(0), "structure sample".into()), (32, thin(1), "detail sample".into())],
+                caption: format!("predicted: {}", s.ds.classes.names[pred]),
+                ..Default::default()
+            });
+        }
+        scores
+    })?;
+    let mut metrics = std::collections::BTreeMap::new();
+    metrics.insert("top1".into(), top1);
+    metrics.insert("top1_master".into(), 100.0 * master_hits as f64 / total.max(1) as f64);
+    metrics.insert("top1_part".into(), 100.0 * part_hits as f64 / total.max(1) as f64);
+    metrics.insert("test_images".into(), n as f64);
+    Ok(Some(Outcome {
+        metrics,
+        trained_layers: format!(
+            "the backbone (at {} times the rate, through the image and both samples), the attention layers ({} channels) and their classifier, the part, master and shared classifiers",
+            s.r.train.backbone_lr_mult, cfg.channels
+        ),
+        loss: format!(
+            "{a} CE(attention) + {w} (CE(part, I_d) + CE(master, I_s) + CE(shared, I_d) + CE(shared, I_s)) + {k} soft CE(master / {t}, softmax(part / {t}))",
             a = cfg.att_weight,
             w = cfg.ce_weight,
             k = cfg.kd_weight,

@@ -308,12 +308,144 @@ fn the_separable_box_zoom_equals_roi_align_on_grid_sample_and_differentiates_in_
     let boxes = [NormBox { x0: 0.1, y0: 0.2, x1: 0.7, y1: 0.9 }, NormBox { x0: -0.2, y0: 0.35, x1: 0.5, y1: 1.1 }];
     let want = host(roi_align(t.clone(), &[(0, boxes[0]), (1, boxes[1])], 5, 6));
     let col = |f: fn(&NormBox) -> f32| Tensor::<F, 1>::from_data(TensorData::new(boxes.iter().map(f).collect::<Vec<_>>(), [2]), &device);
-    let got = host(box_zoom(t, col(|b| b.x0), col(|b| b.y0), col(|b| b.x1), col(|b| b.y1), 5, 6));
+    let got = host(box_zoom(t.clone(), col(|b| b.x0), col(|b| b.y0), col(|b| b.x1), col(|b| b.y1), 5, 6));
     close(&got, &want, 1e-5, "separable zoom vs grid_sample");
+    // RoI-align by the separable zoom (NTS-Net's round 1), rois in any order.
+    use fgia_localization::geometry::roi_zoom;
+    let rois = [(1, boxes[1]), (0, boxes[0]), (1, boxes[0])];
+    close(&host(roi_zoom(t.clone(), &rois, 4)), &host(roi_align(t.clone(), &rois, 4, 4)), 1e-5, "roi_zoom vs roi_align");
     // The gradient reaches the box.
     let x0 = Tensor::<A, 1>::from_data(TensorData::new(vec![0.1f32], [1]), &device).require_grad();
     let map = Tensor::<A, 4>::from_data(TensorData::new((0..49).map(|k| (k % 7) as f32).collect::<Vec<_>>(), [1, 1, 7, 7]), &device);
     let one = |v: f32| Tensor::<A, 1>::from_data(TensorData::new(vec![v], [1]), &device);
     let grads = box_zoom(map, x0.clone(), one(0.1), one(0.8), one(0.8), 4, 4).sum().backward();
     assert!(host(x0.grad(&grads).expect("gradient"))[0].abs() > 1.0, "dL/dx0");
+}
+
+/// RA-CNN end to end: the classifiers' step trains the backbone (boxes detached, so no APN
+/// gradient); the ranking step trains the APNs, whose only way to the loss is the zoomed crop of
+/// the pixels through the backbone (classifiers detached), and leaves the backbone's parameters
+/// without gradient.
+#[test]
+fn ra_cnn_end_to_end_the_apns_learn_through_the_crop_and_the_backbone() {
+    use fgia_localization::live::{LiveInput, trunk};
+    use fgia_localization::ra_cnn::{RaCnnConfig, RaCnnLive};
+    use fgia_nn::{BackboneKind, NetworkConfig};
+    use fgia_train::engine::TrainMethod;
+    let device = Default::default();
+    <A as burn::tensor::backend::Backend>::seed(&device, 3);
+    let kind = BackboneKind::EfficientNetLite0;
+    let net = NetworkConfig::new(kind).init::<A>(&device);
+    let cfg = RaCnnConfig { part_size: 32, apn_hidden: 8, apn_channels: 4, ..RaCnnConfig::default() };
+    let probe = |s: usize| trunk(&net.clone(), Tensor::<A, 4>::zeros([1, 3, s, s], &device)).dims();
+    let ([_, c, h, w], [_, _, h2, w2]) = (probe(64), probe(32));
+    let model = RaCnnLive::new(net, &cfg, [c, h * w, h2 * w2], 3, 1.0, &device);
+    let px: Vec<f32> = (0..2 * 3 * 64 * 64).map(|k| ((k * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let x = LiveInput {
+        pixels: Tensor::<A, 4>::from_data(TensorData::new(px, [2, 3, 64, 64]), &device),
+        labels: Tensor::from_data(TensorData::new(vec![0i64, 2], [2]), &device),
+        label_vec: vec![0, 2],
+        items: vec![0, 1],
+        geometry: Vec::new(),
+    };
+    let groups = |step: usize| {
+        let loss = model.loss(&x, step).loss;
+        assert!(host(loss.clone())[0].is_finite(), "step {step}");
+        model.param_groups(loss.backward()).into_iter().map(|g| (g.name, g.grads.len())).collect::<Vec<_>>()
+    };
+    let g0 = groups(0);
+    let g1 = groups(1);
+    let count = |g: &[(&str, usize)], name: &str| g.iter().find(|(n, _)| *n == name).map_or(0, |(_, k)| *k);
+    assert!(count(&g0, "backbone") > 10, "step 0 trains the backbone: {g0:?}");
+    assert_eq!(count(&g1, "backbone"), 0, "step 1 leaves the backbone's parameters: {g1:?}");
+    // Step 1's gradients are the two APNs' (reduce, fc1, fc2: weight and bias each), nothing else.
+    assert_eq!(count(&g1, "method"), 12, "step 1 trains exactly the APNs: {g1:?}");
+    // Step 0 trains the classifiers and the fusion (weights and biases), not the APNs.
+    assert_eq!(count(&g0, "method"), 8, "step 0: three scale classifiers and the fusion: {g0:?}");
+}
+
+/// The box of a box sample's grid is the box (the looks draw end-to-end crops from it), and a
+/// thinned grid keeps the points nearest to evenly spaced rows and columns.
+#[test]
+fn box_of_inverts_from_box_and_thin_grid_subsamples() {
+    use fgia_localization::looks::thin_grid;
+    use fgia_localization::run::{Sample, box_of};
+    for b in [NormBox { x0: 0.1, y0: 0.2, x1: 0.7, y1: 0.9 }, NormBox { x0: -0.2, y0: 0.35, x1: 0.5, y1: 1.1 }] {
+        let got = box_of(&Sample::from_box(b, 9).grid);
+        for (g, w) in [(got.x0, b.x0), (got.y0, b.y0), (got.x1, b.x1), (got.y1, b.y1)] {
+            assert!((g - w).abs() < 1e-5, "{got:?} vs {b:?}");
+        }
+    }
+    let grid = Sample::from_box(NormBox::FULL, 8).grid;
+    let thin = thin_grid(&grid, 8, 2);
+    // Rows and columns 2 and 6 of 8: centres at (2.5 / 8, 6.5 / 8) of the unit square.
+    let at = |k: f32| 2.0 * (k + 0.5) / 8.0 - 1.0;
+    close(&thin, &[at(2.0), at(2.0), at(6.0), at(2.0), at(2.0), at(6.0), at(6.0), at(6.0)], 1e-6, "thin grid");
+}
+
+/// The end-to-end crops: a full-view sample through `sampled_crops` is the backbone on the
+/// view itself, an erasing sample zeroes the pixels where its map reaches the threshold first,
+/// and `box_crops` equals `sampled_crops` of the same boxes.
+#[test]
+fn live_crops_resample_the_pixels_and_erase_first() {
+    use fgia_localization::live::{box_crops, sampled_crops, trunk};
+    use fgia_localization::run::Sample;
+    use fgia_nn::{BackboneKind, NetworkConfig};
+    let device = Default::default();
+    <F as burn::tensor::backend::Backend>::seed(&device, 5);
+    let net = NetworkConfig::new(BackboneKind::EfficientNetLite0).init::<F>(&device);
+    let px: Vec<f32> = (0..2 * 3 * 32 * 32).map(|k| ((k * 29 % 97) as f32 / 48.0) - 1.0).collect();
+    let pixels = Tensor::<F, 4>::from_data(TensorData::new(px.clone(), [2, 3, 32, 32]), &device);
+    let full = || Sample::from_box(NormBox::FULL, 32);
+    let samples = vec![vec![full()], vec![full()]];
+    let want = host(crate_gap(trunk(&net, pixels.clone())));
+    close(&host(sampled_crops(&net, pixels.clone(), &samples, 1, 32, false)), &want, 1e-4, "full-view sample = the view");
+    // Erase the left half (a 2x2 map whose left column is 1) of item 0 only.
+    let erase = Sample { erase: Some((2, vec![1.0, 0.0, 1.0, 0.0], 0.5)), ..full() };
+    let got = host(sampled_crops(&net, pixels.clone(), &[vec![erase], vec![full()]], 1, 32, false));
+    let mut erased = px.clone();
+    for ch in 0..3 {
+        for y in 0..32 {
+            for x in 0..32 {
+                if map_at_ref(x, y) {
+                    erased[ch * 32 * 32 + y * 32 + x] = 0.0;
+                }
+            }
+        }
+    }
+    let want = host(crate_gap(trunk(&net, Tensor::<F, 4>::from_data(TensorData::new(erased, [2, 3, 32, 32]), &device))));
+    let c = want.len() / 2;
+    close(&got[..c], &want[..c], 1e-4, "erased item");
+    close(&got[c..], &host(crate_gap(trunk(&net, pixels.clone())))[c..], 1e-4, "untouched item");
+    // Boxes through box_crops = the same boxes' grids through sampled_crops.
+    let boxes = [NormBox { x0: 0.1, y0: 0.2, x1: 0.6, y1: 0.9 }, NormBox { x0: 0.3, y0: 0.0, x1: 1.0, y1: 0.5 }];
+    let col = |f: fn(&NormBox) -> f32| Tensor::<F, 1>::from_data(TensorData::new(boxes.iter().map(f).collect::<Vec<_>>(), [2]), &device);
+    let a = host(box_crops(&net, pixels.clone(), [col(|b| b.x0), col(|b| b.y0), col(|b| b.x1), col(|b| b.y1)], 1, 16));
+    let b = host(sampled_crops(&net, pixels, &[vec![Sample::from_box(boxes[0], 16)], vec![Sample::from_box(boxes[1], 16)]], 1, 16, false));
+    close(&a, &b, 1e-4, "box_crops vs sampled_crops");
+}
+
+fn crate_gap(x: Tensor<F, 4>) -> Tensor<F, 2> {
+    fgia_localization::nn::gap(x)
+}
+
+/// Whether pixel `(x, y)` of a 32 px view lies where the 2x2 map `[1, 0; 1, 0]`, bilinearly
+/// upsampled, reaches 0.5: the left half.
+fn map_at_ref(x: usize, y: usize) -> bool {
+    fgia_localization::geometry::map_at(&[1.0, 0.0, 1.0, 0.0], 2, (x as f32 + 0.5) / 32.0, (y as f32 + 0.5) / 32.0) >= 0.5
+}
+
+/// DFL-CNN's bank initialised from patches keeps the centres as its weights and stays trainable
+/// (weights and biases take gradients).
+#[test]
+fn the_patch_initialised_filter_bank_holds_the_centres_and_trains() {
+    use fgia_localization::dfl::patch_bank;
+    let device = Default::default();
+    let per_class = vec![vec![vec![1.0f32, 0.0], vec![1.0, 0.0]], vec![vec![0.0f32, 1.0], vec![0.0, 1.0]]];
+    let bank = patch_bank::<A>(2, 1, &per_class, &device);
+    assert!(bank.weight.is_require_grad() && bank.bias.as_ref().is_some_and(|b| b.is_require_grad()));
+    close(&host(bank.weight.val()), &[1.0, 0.0, 0.0, 1.0], 1e-6, "class centres as filters");
+    let x = Tensor::<A, 4>::ones([1, 2, 2, 2], &device);
+    let mut grads = bank.forward(x).sum().backward();
+    assert_eq!(burn::optim::GradientsParams::from_module(&mut grads, &bank).len(), 2);
 }
