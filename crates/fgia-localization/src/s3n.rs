@@ -386,6 +386,7 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
 /// The deviations of every end-to-end S3N run.
 pub const LIVE_DEVIATIONS: &[&str] = &[
     "the samples are drawn on the host from the class peak responses of the detached map (no gradient through the sampler); no buffer convolutions before the classifiers",
+    "the random draws of the samples follow a per-process step counter, not checkpointed: a resumed run draws differently from an uninterrupted one",
 ];
 
 /// Runs S3N end to end: every step draws the two samples from the current raw classifier's

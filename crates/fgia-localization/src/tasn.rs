@@ -321,6 +321,7 @@ pub fn run<B: AutodiffBackend>(s: &Stage<'_, B>) -> Result<Option<Outcome>, Trai
 /// The deviations of every end-to-end TASN run.
 pub const LIVE_DEVIATIONS: &[&str] = &[
     "one backbone for the attention, the part net and the master net (the paper: a separate ResNet-18 for the attention); the attention's classifier and the part/master nets trained together in every step",
+    "the random draws of the samples follow a per-process step counter, not checkpointed: a resumed run draws differently from an uninterrupted one",
 ];
 
 /// TASN end to end: the attention layers and the part / master / shared classifiers in one
