@@ -260,13 +260,17 @@ pub fn cli_binary(ws: &Path, device: &str) -> Result<PathBuf> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(ws).args(["build", "--release", "--package", "fgia-cli"]);
+    cmd.current_dir(ws).args(["build", "--release"]);
     if device == "cuda" {
-        cmd.args(["--features", "cuda"]);
+        cmd.args(["--package", "fgia-cli", "--features", "cuda"]);
         if std::env::var_os("CUDARC_CUDA_VERSION").is_none() {
             // cudarc picks its bindings at build time; the lent GPU machines run CUDA 13.0.
             cmd.env("CUDARC_CUDA_VERSION", "13000");
         }
+    } else {
+        // `--bin`, not `--package`: features resolve over the default members, as for
+        // `cargo test --release`, so the two share every compiled dependency.
+        cmd.args(["--bin", "fgia"]);
     }
     println!("building fgia (release{}) ...", if device == "cuda" { ", cuda" } else { "" });
     let status = cmd.status().context("running cargo build")?;
