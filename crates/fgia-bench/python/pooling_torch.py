@@ -1,10 +1,13 @@
 """PyTorch CPU timings of the pooling operators of `cargo bench -p fgia-bench --bench pooling`,
 same shapes and the same operator definitions (see crates/fgia-encoding/src/pooling/*.rs).
 
-Run:  sh python/setup.sh && .venv-bench/bin/python python/pooling_torch.py
-Prints the median of 10 runs (after 2 warm-up runs) per operator, forward and forward+backward.
+Run:  sh python/setup.sh && .venv-bench/bin/python python/pooling_torch.py [REGEX]
+Prints the median of 10 runs (after 2 warm-up runs) per operator, forward and forward+backward;
+REGEX (as criterion's filter) keeps the `<shape>/<operator>` names it matches.
 """
+import re
 import statistics
+import sys
 import time
 
 import torch
@@ -188,6 +191,8 @@ def main():
             "grouped-bilinear": Grouped(c),
         }
         for op in ops:
+            if len(sys.argv) > 1 and not re.search(sys.argv[1], f"{name}/{op}/"):
+                continue
             f = fns[op]
 
             def fwd():

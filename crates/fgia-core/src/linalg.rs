@@ -28,7 +28,8 @@ impl SymmetricEigen {
 /// diagonal and `e` the sub-diagonal (in `e[1..]`).
 #[allow(clippy::needless_range_loop)]
 fn tred2(v: &mut [f64], d: &mut [f64], e: &mut [f64], n: usize) {
-    let at = |i: usize, j: usize| i * n + j;
+    // Column-major: the inner loops below run down columns, which are then contiguous.
+    let at = |i: usize, j: usize| j * n + i;
     for j in 0..n {
         d[j] = v[at(n - 1, j)];
     }
@@ -119,7 +120,8 @@ fn tred2(v: &mut [f64], d: &mut [f64], e: &mut [f64], n: usize) {
 /// Implicit QL on the tridiagonal matrix (`d`, `e`), accumulating into `v`. Returns `false` if
 /// an eigenvalue does not converge in 64 iterations.
 fn tql2(v: &mut [f64], d: &mut [f64], e: &mut [f64], n: usize) -> bool {
-    let at = |i: usize, j: usize| i * n + j;
+    // Column-major: the inner loops below run down columns, which are then contiguous.
+    let at = |i: usize, j: usize| j * n + i;
     for i in 1..n {
         e[i - 1] = e[i];
     }
@@ -190,7 +192,9 @@ fn tql2(v: &mut [f64], d: &mut [f64], e: &mut [f64], n: usize) -> bool {
     true
 }
 
-/// Decomposes the symmetric `n x n` row-major matrix `a` (symmetrised as `(a + aᵀ)/2`).
+/// Decomposes the symmetric `n x n` row-major matrix `a` (symmetrised as `(a + aᵀ)/2`, so its
+/// row-major and column-major storage agree; the routines work column-major, where their inner
+/// loops read contiguous memory).
 /// Returns `None` for a wrong buffer size, a non-finite entry, or (never seen in practice) an
 /// eigenvalue that does not converge.
 pub fn symmetric_eigen(a: &[f64], n: usize) -> Option<SymmetricEigen> {
@@ -206,11 +210,11 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> Option<SymmetricEigen> {
     if !tql2(&mut v, &mut d, &mut e, n) {
         return None;
     }
-    // Column k of v is the eigenvector of d[k].
+    // Column k of the (column-major) v, i.e. v[k n..(k + 1) n], is the eigenvector of d[k].
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&i, &j| d[j].total_cmp(&d[i]).then(i.cmp(&j)));
     let values = order.iter().map(|&k| d[k]).collect();
-    let vectors = order.iter().flat_map(|&k| (0..n).map(move |r| (r, k))).map(|(r, k)| v[r * n + k]).collect();
+    let vectors = order.iter().flat_map(|&k| v[k * n..(k + 1) * n].iter().copied()).collect();
     Some(SymmetricEigen { values, vectors, n })
 }
 

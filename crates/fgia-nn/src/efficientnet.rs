@@ -24,7 +24,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, Linea
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use crate::norm::conv_bn;
+use crate::kernels::Act;
+use crate::norm::{conv_bn, conv_bn_act};
 use crate::ops::global_avg_pool;
 
 /// `(kernel, stride, expand ratio, output channels, repeats)` of the seven stages of Lite0.
@@ -103,10 +104,6 @@ impl EfficientNetLiteConfig {
     }
 }
 
-fn relu6<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    x.clamp(0.0, 6.0)
-}
-
 /// An inverted-residual block without squeeze-and-excitation.
 #[derive(Module, Debug)]
 pub struct MbConv<B: Backend> {
@@ -134,9 +131,9 @@ impl<B: Backend> MbConv<B> {
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut x = input.clone();
         if let (Some(c), Some(b)) = (&self.expand_conv, &self.bn0) {
-            x = relu6(conv_bn(c, b, x));
+            x = conv_bn_act(c, b, x, Act::Relu6);
         }
-        x = relu6(conv_bn(&self.depthwise_conv, &self.bn1, x));
+        x = conv_bn_act(&self.depthwise_conv, &self.bn1, x, Act::Relu6);
         x = conv_bn(&self.project_conv, &self.bn2, x);
         if !self.residual {
             return x;
@@ -183,12 +180,12 @@ impl<B: Backend> EfficientNetLite<B> {
     /// Runs stage `i` of [`Self::STAGES`].
     pub fn forward_stage(&self, i: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match i {
-            0 => relu6(conv_bn(&self.conv_stem, &self.bn0, x)),
+            0 => conv_bn_act(&self.conv_stem, &self.bn0, x, Act::Relu6),
             1..=7 => {
                 let start = if i == 1 { 0 } else { self.stage_ends[i - 2] };
                 self.blocks[start..self.stage_ends[i - 1]].iter().fold(x, |x, b| b.forward(x))
             }
-            8 => relu6(conv_bn(&self.conv_head, &self.bn1, x)),
+            8 => conv_bn_act(&self.conv_head, &self.bn1, x, Act::Relu6),
             _ => panic!("EfficientNet-Lite has {} stages, asked for {i}", Self::STAGES),
         }
     }

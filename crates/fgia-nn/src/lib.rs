@@ -8,6 +8,7 @@ pub mod efficientnet;
 pub mod error;
 pub mod flops;
 pub mod imagenet;
+pub mod kernels;
 pub mod network;
 pub mod norm;
 pub mod ops;

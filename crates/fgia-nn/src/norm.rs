@@ -18,11 +18,11 @@
 //! The variance is computed in two passes, `mean((x - m)^2)` with `m` the detached batch mean:
 //! numerically stable, and the gradient is unchanged because `d var / d m = 0` at the mean.
 
+use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
-use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::PaddedConvOptions;
+
+use crate::kernels::{self, Act, ConvGeom, conv2d, conv2d_module, module_geom};
 
 /// `y[:, c] = a[c] * x[:, c] + b[c]`.
 ///
@@ -30,7 +30,7 @@ use burn::tensor::ops::PaddedConvOptions;
 /// `x: [N, C, H, W]`, `a, b: [C]`.
 pub fn channel_affine<B: Backend>(x: Tensor<B, 4>, a: Tensor<B, 1>, b: Tensor<B, 1>) -> Tensor<B, 4> {
     let c = x.dims()[1];
-    conv2d(x, a.reshape([c, 1, 1, 1]), Some(b), PaddedConvOptions::asymmetric([1, 1], [0, 0], [0, 0], [1, 1], c))
+    conv2d(x, a.reshape([c, 1, 1, 1]), Some(b), ConvGeom { stride: [1, 1], pad_start: [0, 0], pad_end: [0, 0], dilation: [1, 1], groups: c })
 }
 
 /// `(a, b)` with `y = a x + b` from mean and variance.
@@ -45,56 +45,69 @@ fn inference_affine<B: Backend>(bn: &BatchNorm<B>, device: &B::Device) -> (Tenso
     affine_of(bn, bn.running_mean.value().to_device(device), bn.running_var.value().to_device(device))
 }
 
+/// Updates the running statistics with a batch's (detached) mean and biased variance over
+/// `count` values per channel: PyTorch's rule, the unbiased variance in the running average.
+fn update_running<B: Backend>(bn: &BatchNorm<B>, mean: Tensor<B, 1>, var: Tensor<B, 1>, count: f64) {
+    let device = mean.device();
+    let m = bn.momentum;
+    let unbiased = var.mul_scalar(count / (count - 1.0).max(1.0));
+    let old_mean = bn.running_mean.value_sync().to_device(&device);
+    let old_var = bn.running_var.value_sync().to_device(&device);
+    bn.running_mean.update(old_mean.mul_scalar(1.0 - m).add(mean.mul_scalar(m)));
+    bn.running_var.update(old_var.mul_scalar(1.0 - m).add(unbiased.mul_scalar(m)));
+}
+
 /// Training: the affine map of the batch statistics; updates the running statistics.
 fn training_affine<B: Backend>(bn: &BatchNorm<B>, x: &Tensor<B, 4>) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let [n, c, h, w] = x.dims();
     let device = x.device();
-    let count = (n * h * w) as f64;
     let mean = x.clone().reshape([n, c, h * w]).mean_dim(2).mean_dim(0).reshape([c]); // [C]
     let centred = channel_affine(x.clone(), Tensor::ones([c], &device), mean.clone().detach().neg());
     let var = centred.square().reshape([n, c, h * w]).mean_dim(2).mean_dim(0).reshape([c]); // [C]
-    let m = bn.momentum;
-    let unbiased = var.clone().detach().mul_scalar(count / (count - 1.0).max(1.0));
-    let old_mean = bn.running_mean.value_sync().to_device(&device);
-    let old_var = bn.running_var.value_sync().to_device(&device);
-    bn.running_mean.update(old_mean.mul_scalar(1.0 - m).add(mean.clone().detach().mul_scalar(m)));
-    bn.running_var.update(old_var.mul_scalar(1.0 - m).add(unbiased.mul_scalar(m)));
+    update_running(bn, mean.clone().detach(), var.clone().detach(), (n * h * w) as f64);
     affine_of(bn, mean, var)
+}
+
+fn activate<B: Backend>(x: Tensor<B, 4>, act: Act) -> Tensor<B, 4> {
+    match act {
+        Act::Identity => x,
+        Act::Relu => burn::tensor::activation::relu(x),
+        Act::Relu6 => x.clamp(0.0, 6.0),
+    }
 }
 
 /// Batch normalisation of a `[N, C, H, W]` map with a `burn::nn::BatchNorm`'s parameters and
 /// running statistics.
 pub fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let (a, b) = if B::ad_enabled(&x.device()) { training_affine(bn, &x) } else { inference_affine(bn, &x.device()) };
-    channel_affine(x, a, b)
+    batch_norm_act(bn, x, Act::Identity)
 }
 
-/// Padding of a convolution for an input of `h x w`, as `(start, end)` per spatial dimension.
-fn padding<B: Backend>(conv: &Conv2d<B>, h: usize, w: usize) -> ([usize; 2], [usize; 2]) {
-    match conv.padding {
-        PaddingConfig2d::Valid => ([0, 0], [0, 0]),
-        PaddingConfig2d::Explicit(top, left, bottom, right) => ([top, left], [bottom, right]),
-        PaddingConfig2d::Same => {
-            // TensorFlow "SAME": ceil(in / stride) outputs, the extra pixel at the end.
-            let same = |size: usize, k: usize, s: usize, d: usize| {
-                let out = size.div_ceil(s);
-                let eff = (k - 1) * d + 1;
-                let total = ((out - 1) * s + eff).saturating_sub(size);
-                (total / 2, total - total / 2)
-            };
-            let (t, b) = same(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0]);
-            let (l, r) = same(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1]);
-            ([t, l], [b, r])
-        }
+/// `act(batch_norm(x))`. In training on the CPU backend the pair is one fused kernel
+/// ([`crate::kernels::batch_norm_train`]).
+pub fn batch_norm_act<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, act: Act) -> Tensor<B, 4> {
+    let training = B::ad_enabled(&x.device());
+    if training && kernels::routes::<B>() {
+        let [n, _, h, w] = x.dims();
+        let (y, mean, var) = kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, act);
+        update_running(bn, mean, var, (n * h * w) as f64);
+        return y;
     }
+    let (a, b) = if training { training_affine(bn, &x) } else { inference_affine(bn, &x.device()) };
+    activate(channel_affine(x, a, b), act)
 }
 
 /// `bn(conv(x))`. In inference mode the normalisation is folded into the convolution
 /// (`w' = a w`, `b' = a b_conv + b`), so the pair costs one convolution; in training mode the
 /// convolution runs first, then [`batch_norm`].
 pub fn conv_bn<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    conv_bn_act(conv, bn, x, Act::Identity)
+}
+
+/// `act(bn(conv(x)))`, as [`conv_bn`] (the activation fused into the normalisation in training
+/// on the CPU backend).
+pub fn conv_bn_act<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>, x: Tensor<B, 4>, act: Act) -> Tensor<B, 4> {
     if B::ad_enabled(&x.device()) {
-        return batch_norm(bn, conv.forward(x));
+        return batch_norm_act(bn, conv2d_module(conv, x), act);
     }
     let [_, _, h, w] = x.dims();
     let out = conv.weight.dims()[0];
@@ -104,15 +117,14 @@ pub fn conv_bn<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>, x: Tensor<B, 4>)
         Some(cb) => cb.val() * a + b,
         None => b,
     };
-    let (start, end) = padding(conv, h, w);
-    conv2d(x, weight, Some(bias), PaddedConvOptions::asymmetric(conv.stride, start, end, conv.dilation, conv.groups))
+    activate(conv2d(x, weight, Some(bias), module_geom(conv, h, w)), act)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
-    use burn::nn::BatchNormConfig;
+    use burn::nn::{BatchNormConfig, PaddingConfig2d};
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::{Distribution, Tolerance};
 

@@ -14,7 +14,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::norm::conv_bn;
+use crate::kernels::Act;
+use crate::norm::{conv_bn, conv_bn_act};
 use crate::ops::global_avg_pool;
 
 /// Configuration of a ResNet.
@@ -148,10 +149,11 @@ impl<B: Backend> Block<B> {
             Some(d) => conv_bn(&d.conv, &d.bn, x.clone()),
             None => x.clone(),
         };
-        let mut y = relu(conv_bn(&self.conv1, &self.bn1, x));
-        y = conv_bn(&self.conv2, &self.bn2, y);
+        let mut y = conv_bn_act(&self.conv1, &self.bn1, x, Act::Relu);
         if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
-            y = conv_bn(c3, b3, relu(y));
+            y = conv_bn(c3, b3, conv_bn_act(&self.conv2, &self.bn2, y, Act::Relu));
+        } else {
+            y = conv_bn(&self.conv2, &self.bn2, y);
         }
         relu(y + identity)
     }
@@ -189,7 +191,7 @@ impl<B: Backend> ResNet<B> {
     pub fn forward_stage(&self, i: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let run = |layer: &[Block<B>], x: Tensor<B, 4>| layer.iter().fold(x, |x, b| b.forward(x));
         match i {
-            0 => self.maxpool.forward(relu(conv_bn(&self.conv1, &self.bn1, x))),
+            0 => self.maxpool.forward(conv_bn_act(&self.conv1, &self.bn1, x, Act::Relu)),
             1 => run(&self.layer1, x),
             2 => run(&self.layer2, x),
             3 => run(&self.layer3, x),

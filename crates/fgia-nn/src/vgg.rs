@@ -16,6 +16,7 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use crate::kernels::conv2d_module;
 use crate::ops::global_avg_pool;
 
 /// Output channels of the 13 convolutions; a max pool follows the last one of each stage.
@@ -81,7 +82,7 @@ impl<B: Backend> Vgg16<B> {
         assert!(i < Self::STAGES, "VGG-16 has {} stages, asked for {i}", Self::STAGES);
         let first: usize = STAGE_CONVS[..i].iter().sum();
         for conv in &self.convs[first..first + STAGE_CONVS[i]] {
-            x = relu(conv.forward(x));
+            x = relu(conv2d_module(conv, x));
         }
         if i + 1 < Self::STAGES { self.pool.forward(x) } else { x }
     }
@@ -94,9 +95,9 @@ impl<B: Backend> Vgg16<B> {
     pub fn scda_layers(&self, x: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let x = (0..Self::STAGES - 1).fold(x, |x, i| self.forward_stage(i, x));
         let first: usize = STAGE_CONVS[..Self::STAGES - 1].iter().sum();
-        let relu5_1 = relu(self.convs[first].forward(x));
-        let relu5_2 = relu(self.convs[first + 1].forward(relu5_1));
-        let relu5_3 = relu(self.convs[first + 2].forward(relu5_2.clone()));
+        let relu5_1 = relu(conv2d_module(&self.convs[first], x));
+        let relu5_2 = relu(conv2d_module(&self.convs[first + 1], relu5_1));
+        let relu5_3 = relu(conv2d_module(&self.convs[first + 2], relu5_2.clone()));
         (self.pool.forward(relu5_3), relu5_2) // pool5 [B, 512, h/2, w/2], relu5_2 [B, 512, h, w]
     }
 

@@ -21,6 +21,6 @@ pub const EPS: f64 = 1e-10;
 pub fn bilinear_pool<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     let [b, c, h, w] = x.dims();
     let x = descriptors(x); // [B, C, M]
-    let g = x.clone().matmul(x.swap_dims(1, 2)) / (h * w) as f32; // [B, C, C]
+    let g = fgia_nn::kernels::gram(x, 1.0 / (h * w) as f32); // [B, C, C]
     sqrt_l2(g.reshape([b, c * c]), EPS)
 }

@@ -50,13 +50,20 @@ impl<B: Backend> RandomMaclaurin<B> {
     ///
     /// # Shapes
     /// `[B, C, h, w]` to `[B, d]`.
+    ///
+    /// Computed as `y_k = w₁ₖᵀ G w₂ₖ / √d` with the Gram matrix `G = Σ_m x_m x_mᵀ` (the same
+    /// value as `Σ_m (w₁ₖ · x_m)(w₂ₖ · x_m) / √d`, regrouped): `d C²` multiply-adds per image
+    /// after the Gram product instead of `2 d C M` for the two projections of every location,
+    /// a third of the work at the paper's `M = 784`, forward and backward.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let d = self.w1.dims()[0];
         let x = descriptors(x); // [B, C, M]
-        let [b, c, m] = x.dims();
-        let cols = x.swap_dims(0, 1).reshape([c, b * m]); // [C, B M]
-        let a = self.w1.clone().matmul(cols.clone()); // [d, B M]
-        let p = self.w2.clone().matmul(cols); // [d, B M]
-        (a * p).reshape([d, b, m]).sum_dim(2).reshape([d, b]).transpose() / (d as f32).sqrt()
+        let [b, c, _] = x.dims();
+        let g = fgia_nn::kernels::gram(x, 1.0); // [B, C, C], symmetric
+        // W₁ [G_1 … G_B]: one product for the whole batch.
+        let t = self.w1.clone().matmul(g.swap_dims(0, 1).reshape([c, b * c])).reshape([d, b, c]); // [d, B, C]
+        // y[k, b] = Σ_c T[k, b, c] W₂[k, c]: d small products, no broadcast copy.
+        let y = t.matmul(self.w2.clone().reshape([d, c, 1])).reshape([d, b]); // [d, B]
+        y.transpose() / (d as f32).sqrt()
     }
 }

@@ -60,7 +60,7 @@ impl<B: Backend> GroupedBilinear<B> {
         let [b, _, h, w] = grouped.dims();
         let (g, c) = (self.groups, self.group_channels);
         let x = grouped.reshape([b * g, c, h * w]); // [B G, c, M]
-        let outer = x.clone().matmul(x.swap_dims(1, 2)) / (h * w) as f32; // [B G, c, c]
+        let outer = fgia_nn::kernels::gram(x, 1.0 / (h * w) as f32); // [B G, c, c]
         let summed = outer.reshape([b, g, c * c]).sum_dim(1).reshape([b, c * c]);
         sqrt_l2(summed, super::bcnn::EPS)
     }

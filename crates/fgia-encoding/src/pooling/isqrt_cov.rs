@@ -21,7 +21,6 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use super::{covariance, descriptors, eye, trace, upper_triangle};
 
@@ -77,6 +76,6 @@ impl<B: Backend> Reduction<B> {
     /// # Shapes
     /// `[B, C_in, h, w]` to `[B, C_out, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        relu(fgia_nn::norm::batch_norm(&self.bn, super::pointwise(&self.conv, x)))
+        fgia_nn::norm::batch_norm_act(&self.bn, super::pointwise(&self.conv, x), fgia_nn::kernels::Act::Relu)
     }
 }

@@ -28,7 +28,7 @@ pub fn descriptors<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
 pub fn covariance<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     let m = x.dims()[2];
     let centred = x.clone() - x.mean_dim(2); // [B, C, M]
-    centred.clone().matmul(centred.swap_dims(1, 2)) / m as f32
+    fgia_nn::kernels::gram(centred, 1.0 / m as f32)
 }
 
 /// The upper triangle (diagonal included, row-major) of each matrix: `C (C + 1) / 2` values.
@@ -49,10 +49,10 @@ pub fn sqrt_l2<B: Backend>(z: Tensor<B, 2>, eps: f64) -> Tensor<B, 2> {
     fgia_nn::ops::l2_normalize(fgia_nn::ops::signed_sqrt(z, eps), 1e-12)
 }
 
-/// A 1x1 convolution computed as one batched matrix product, `W [C_out, C] x X [C, M]` per image,
-/// plus the bias as a per-channel affine map. Same parameters and value as `conv.forward(x)` for
-/// a 1x1, stride-1, unpadded convolution; on burn-flex 0.21 its backward is several times faster
-/// than the convolution's (the reason every pointwise projection of this crate goes through it).
+/// A 1x1 convolution: `conv.forward(x)` for a 1x1, stride-1, unpadded convolution. On the CPU
+/// backend it runs `fgia_nn::kernels` (one matrix product per image, forward and backward);
+/// elsewhere it is one batched matrix product, `W [C_out, C] x X [C, M]` per image, plus the
+/// bias as a per-channel affine map.
 ///
 /// # Panics
 /// If `conv` is not a 1x1 convolution without groups.
@@ -60,6 +60,9 @@ pub fn pointwise<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> 
     let [b, c, h, w] = x.dims();
     let [out, inp, kh, kw] = conv.weight.dims();
     assert!(kh == 1 && kw == 1 && inp == c && conv.groups == 1, "pointwise: a 1x1 convolution from {c} channels, got {:?}", conv.weight.dims());
+    if fgia_nn::kernels::routes::<B>() {
+        return fgia_nn::kernels::conv2d_module(conv, x);
+    }
     let y = conv.weight.val().reshape([1, out, c]).matmul(x.reshape([b, c, h * w])).reshape([b, out, h, w]);
     match &conv.bias {
         Some(bias) => fgia_nn::norm::channel_affine(y, Tensor::ones([out], &bias.device()), bias.val()),

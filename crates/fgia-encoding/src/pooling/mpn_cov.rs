@@ -48,7 +48,7 @@ pub fn matrix_power<B: Backend>(sigma: Tensor<B, 3>, alpha: f64) -> Tensor<B, 3>
             let Some(e) = symmetric_eigen(&a, c) else {
                 // A non-finite covariance: the output is NaN too, so that training's NaN check
                 // stops the run instead of continuing on a made-up value.
-                return (vec![0.0; c * c], vec![0.0; c * c], vec![f32::NAN; c * c]);
+                return (vec![0.0; c * c], vec![0.0; c * c], vec![f32::NAN; c * c]) // W, so Q* is NaN;
             };
             let floor = e.values.first().copied().unwrap_or(0.0).abs() * 1e-10 + f64::MIN_POSITIVE;
             let lam: Vec<f64> = e.values.iter().map(|&l| l.max(floor)).collect();
@@ -71,28 +71,27 @@ pub fn matrix_power<B: Backend>(sigma: Tensor<B, 3>, alpha: f64) -> Tensor<B, 3>
                     };
                 }
             }
-            // Q* = U diag(λ^α) Uᵀ.
-            let mut q = vec![0.0f32; c * c];
-            for r in 0..c {
-                for s in 0..c {
-                    q[r * c + s] = (0..c).map(|k| pw[k] * e.vector(k)[r] * e.vector(k)[s]).sum::<f64>() as f32;
+            // Q* = U diag(λ^α) Uᵀ = W Wᵀ with W = U diag(λ^{α/2}), a Gram product (below).
+            let mut w = vec![0.0f32; c * c];
+            for k in 0..c {
+                let scale = pw[k].sqrt();
+                for (r, v) in e.vector(k).iter().enumerate() {
+                    w[r * c + k] = (scale * v) as f32;
                 }
             }
-            (u, f, q)
+            (u, f, w)
         })
         .collect();
     let stack = |k: usize| -> Tensor<B, 3> {
         let flat: Vec<f32> = per
             .iter()
-            .flat_map(|t| match k {
-                0 => t.0.clone(),
-                1 => t.1.clone(),
-                _ => t.2.clone(),
-            })
+            .flat_map(|t| if k == 0 { t.0.clone() } else { t.1.clone() })
             .collect();
         Tensor::from_data(TensorData::new(flat, [b, c, c]), &device)
     };
-    let (u, f, q) = (stack(0), stack(1), stack(2));
+    let w: Vec<f32> = per.iter().flat_map(|t| t.2.iter().copied()).collect();
+    let q = Tensor::<B, 3>::from_data(TensorData::new(fgia_nn::kernels::gram::forward(&w, [b, c, c], 1.0), [b, c, c]), &device);
+    let (u, f) = (stack(0), stack(1));
     let linear = u.clone().matmul(f * u.clone().swap_dims(1, 2).matmul(sigma).matmul(u.clone())).matmul(u.swap_dims(1, 2));
     let offset = q - linear.clone().detach();
     linear + offset
