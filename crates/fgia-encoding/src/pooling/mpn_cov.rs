@@ -91,6 +91,10 @@ pub fn matrix_power<B: Backend>(sigma: Tensor<B, 3>, alpha: f64) -> Tensor<B, 3>
     };
     let w: Vec<f32> = per.iter().flat_map(|t| t.2.iter().copied()).collect();
     let q = Tensor::<B, 3>::from_data(TensorData::new(fgia_nn::kernels::gram::forward(&w, [b, c, c], 1.0), [b, c, c]), &device);
+    if !B::ad_enabled(&device) {
+        // No gradient to carry: the value alone, without the surrogate's four products.
+        return q;
+    }
     let (u, f) = (stack(0), stack(1));
     let linear = u.clone().matmul(f * u.clone().swap_dims(1, 2).matmul(sigma).matmul(u.clone())).matmul(u.swap_dims(1, 2));
     let offset = q - linear.clone().detach();

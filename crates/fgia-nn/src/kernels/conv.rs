@@ -123,9 +123,20 @@ fn inner_threads(images: usize) -> Threads {
     if images >= rayon::current_num_threads() { Threads::One } else { Threads::All }
 }
 
-/// `col[(c k_h + i) k_w + j, oh W_out + ow] = x[c, oh s + i d - p, ow s + j d - p]`, zero outside.
-fn im2col(x: &[f32], col: &mut [f32], d: &Dims, g: &ConvGeom) {
-    let (p, ow_n) = (d.plane_out(), d.ow);
+/// Output rows per `im2col` tile: the panel (`K` rows of `rows * W_out`) stays near 1 M values,
+/// so it is reused from the thread's scratch and stays in cache while the product reads it.
+fn tile_rows(d: &Dims) -> usize {
+    (PANEL / (d.k() * d.ow).max(1)).clamp(1, d.oh.max(1))
+}
+
+/// Values of an `im2col` tile the tiling aims at (tiny under test, so the tests run images of
+/// many tiles).
+const PANEL: usize = if cfg!(test) { 64 } else { 1 << 20 };
+
+/// Output rows `oh0..oh1` of `im2col`: `col[(c k_h + i) k_w + j, (oh - oh0) W_out + ow] =
+/// x[c, oh s + i d - p, ow s + j d - p]`, zero outside the input.
+fn im2col(x: &[f32], col: &mut [f32], d: &Dims, g: &ConvGeom, (oh0, oh1): (usize, usize)) {
+    let (p, ow_n) = ((oh1 - oh0) * d.ow, d.ow);
     for c in 0..d.ci {
         let plane = &x[c * d.plane_in()..(c + 1) * d.plane_in()];
         for i in 0..d.kh {
@@ -135,8 +146,8 @@ fn im2col(x: &[f32], col: &mut [f32], d: &Dims, g: &ConvGeom) {
                 let oj = d.offset(g, 1, j);
                 let (clo, chi) = valid_range(ow_n, g.stride[1], oj, d.w);
                 let row = &mut col[((c * d.kh + i) * d.kw + j) * p..][..p];
-                for oh in 0..d.oh {
-                    let out = &mut row[oh * ow_n..(oh + 1) * ow_n];
+                for oh in oh0..oh1 {
+                    let out = &mut row[(oh - oh0) * ow_n..(oh - oh0 + 1) * ow_n];
                     if oh < rlo || oh >= rhi || clo >= chi {
                         out.fill(0.0);
                         continue;
@@ -159,10 +170,9 @@ fn im2col(x: &[f32], col: &mut [f32], d: &Dims, g: &ConvGeom) {
     }
 }
 
-/// The adjoint of [`im2col`]: `dx[c, ih, iw] += dcol[...]` (`dx` is overwritten first).
-fn col2im(dcol: &[f32], dx: &mut [f32], d: &Dims, g: &ConvGeom) {
-    dx.fill(0.0);
-    let (p, ow_n) = (d.plane_out(), d.ow);
+/// The adjoint of [`im2col`] for output rows `oh0..oh1`: `dx[c, ih, iw] += dcol[...]`.
+fn col2im(dcol: &[f32], dx: &mut [f32], d: &Dims, g: &ConvGeom, (oh0, oh1): (usize, usize)) {
+    let (p, ow_n) = ((oh1 - oh0) * d.ow, d.ow);
     for c in 0..d.ci {
         let plane = &mut dx[c * d.plane_in()..(c + 1) * d.plane_in()];
         for i in 0..d.kh {
@@ -175,11 +185,11 @@ fn col2im(dcol: &[f32], dx: &mut [f32], d: &Dims, g: &ConvGeom) {
                     continue;
                 }
                 let row = &dcol[((c * d.kh + i) * d.kw + j) * p..][..p];
-                for oh in rlo..rhi {
+                for oh in rlo.max(oh0)..rhi.min(oh1) {
                     let ih = ((oh * g.stride[0]) as isize + oi) as usize;
                     let dst = &mut plane[ih * d.w..(ih + 1) * d.w];
                     let start = ((clo * g.stride[1]) as isize + oj) as usize;
-                    let src = &row[oh * ow_n + clo..oh * ow_n + chi];
+                    let src = &row[(oh - oh0) * ow_n + clo..(oh - oh0) * ow_n + chi];
                     if g.stride[1] == 1 {
                         for (o, v) in dst[start..start + src.len()].iter_mut().zip(src) {
                             *o += *v;
@@ -195,6 +205,30 @@ fn col2im(dcol: &[f32], dx: &mut [f32], d: &Dims, g: &ConvGeom) {
     }
 }
 
+/// Per-thread scratch reused across calls (the `im2col` tiles): no allocation and no page
+/// clearing per image. A thread that re-enters while its buffer is lent (rayon stealing work
+/// inside a multi-threaded product) gets a fresh one.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        Err(_) => f(&mut vec![0.0f32; len]),
+    })
+}
+
+/// The output-row tiles of one image.
+fn tiles(d: &Dims) -> impl Iterator<Item = (usize, usize)> {
+    let t = tile_rows(d);
+    (0..d.oh.div_ceil(t)).map(move |i| (i * t, ((i + 1) * t).min(d.oh)))
+}
+
 /// Forward convolution. `x: [N, C_in, H, W]`, `w: [C_out, C_in / groups, k_h, k_w]`, `bias:
 /// [C_out]`; returns `y: [N, C_out, H_out, W_out]` and its shape.
 ///
@@ -208,25 +242,28 @@ pub fn forward(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], bias: Optio
     match kind {
         ConvKind::Pointwise | ConvKind::Dense => {
             let threads = inner_threads(d.n);
-            let panel = if kind == ConvKind::Dense { d.k() * d.plane_out() } else { 0 };
-            y.par_chunks_mut(po.max(1)).enumerate().for_each_init(
-                || vec![0.0f32; panel],
-                |col, (n, yn)| {
-                    let xn = &x[n * pi..(n + 1) * pi];
-                    let src: &[f32] = if kind == ConvKind::Dense {
-                        im2col(xn, col, &d, g);
-                        col
-                    } else {
-                        xn
-                    };
-                    gemm(yn, View::rows(d.co, d.plane_out()), false, w, View::rows(d.co, d.k()), src, View::rows(d.k(), d.plane_out()), 1.0, threads);
-                    if let Some(b) = bias {
-                        for (row, &bv) in yn.chunks_mut(d.plane_out()).zip(b) {
-                            row.iter_mut().for_each(|v| *v += bv);
-                        }
+            let p = d.plane_out();
+            y.par_chunks_mut(po.max(1)).enumerate().for_each(|(n, yn)| {
+                let xn = &x[n * pi..(n + 1) * pi];
+                if kind == ConvKind::Pointwise {
+                    gemm(yn, View::rows(d.co, p), false, w, View::rows(d.co, d.k()), xn, View::rows(d.k(), p), 1.0, threads);
+                } else {
+                    for (oh0, oh1) in tiles(&d) {
+                        let cols = (oh1 - oh0) * d.ow;
+                        with_scratch(d.k() * cols, |col| {
+                            im2col(xn, col, &d, g, (oh0, oh1));
+                            // y[:, tile] = W · col
+                            let dst = View { rows: d.co, cols, rs: p, cs: 1 };
+                            gemm(&mut yn[oh0 * d.ow..], dst, false, w, View::rows(d.co, d.k()), col, View::rows(d.k(), cols), 1.0, threads);
+                        });
                     }
-                },
-            );
+                }
+                if let Some(b) = bias {
+                    for (row, &bv) in yn.chunks_mut(p).zip(b) {
+                        row.iter_mut().for_each(|v| *v += bv);
+                    }
+                }
+            });
         }
         ConvKind::Depthwise => {
             y.par_chunks_mut(d.plane_out().max(1)).enumerate().for_each(|(nc, out)| {
@@ -396,47 +433,53 @@ pub fn backward(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], dy: &[f32]
             let dense = kind == ConvKind::Dense;
             let (k, p) = (d.k(), d.plane_out());
             let mut dx = if needs.x { vec![0.0f32; d.n * pi] } else { Vec::new() };
-            let per_image = |n: usize, dxn: Option<&mut [f32]>, dw: &mut Option<Vec<f32>>, col: &mut Vec<f32>, dcol: &mut Vec<f32>| {
+            // One image: dW += dY · colᵀ, and dX = Wᵀ dY (through col2im for the dense kind).
+            let per_image = |n: usize, dxn: Option<&mut [f32]>, dw: &mut Option<Vec<f32>>| {
                 let dyn_ = &dy[n * po..(n + 1) * po];
                 let xn = &x[n * pi..(n + 1) * pi];
-                if let Some(dw) = dw.as_mut() {
-                    let src: &[f32] = if dense {
-                        im2col(xn, col, &d, g);
-                        col
-                    } else {
-                        xn
-                    };
-                    // dW[C_out, K] += dY[C_out, P] · colᵀ[P, K]
-                    gemm(dw, View::rows(d.co, k), true, dyn_, View::rows(d.co, p), src, View::transposed(k, p), 1.0, threads);
-                }
-                if let Some(dxn) = dxn {
-                    // dcol[K, P] = Wᵀ[K, C_out] · dY[C_out, P]
-                    let target: &mut [f32] = if dense { dcol } else { dxn };
-                    gemm(target, View::rows(k, p), false, w, View::transposed(d.co, k), dyn_, View::rows(d.co, p), 1.0, threads);
-                    if dense {
-                        col2im(dcol, dxn, &d, g);
+                if !dense {
+                    if let Some(dw) = dw.as_mut() {
+                        gemm(dw, View::rows(d.co, k), true, dyn_, View::rows(d.co, p), xn, View::transposed(k, p), 1.0, threads);
                     }
+                    if let Some(dxn) = dxn {
+                        gemm(dxn, View::rows(k, p), false, w, View::transposed(d.co, k), dyn_, View::rows(d.co, p), 1.0, threads);
+                    }
+                    return;
+                }
+                let mut dxn = dxn;
+                for (oh0, oh1) in tiles(&d) {
+                    let cols = (oh1 - oh0) * d.ow;
+                    let dy_tile = View { rows: d.co, cols, rs: p, cs: 1 };
+                    with_scratch(k * cols, |col| {
+                        if let Some(dw) = dw.as_mut() {
+                            im2col(xn, col, &d, g, (oh0, oh1));
+                            // dW[C_out, K] += dY[:, tile] · colᵀ
+                            gemm(dw, View::rows(d.co, k), true, &dyn_[oh0 * d.ow..], dy_tile, col, View::transposed(k, cols), 1.0, threads);
+                        }
+                        if let Some(dxn) = dxn.as_deref_mut() {
+                            // dcol[K, tile] = Wᵀ · dY[:, tile], then scattered back.
+                            gemm(col, View::rows(k, cols), false, w, View::transposed(d.co, k), &dyn_[oh0 * d.ow..], dy_tile, 1.0, threads);
+                            col2im(col, dxn, &d, g, (oh0, oh1));
+                        }
+                    });
                 }
             };
-            let panel = if dense { k * p } else { 0 };
-            let init = || (needs.w.then(|| vec![0.0f32; d.co * k]), vec![0.0f32; if needs.w { panel } else { 0 }], vec![0.0f32; if needs.x { panel } else { 0 }]);
+            let init = || needs.w.then(|| vec![0.0f32; d.co * k]);
             let partials: Vec<Option<Vec<f32>>> = if needs.x {
                 dx.par_chunks_mut(pi.max(1))
                     .enumerate()
-                    .fold(init, |(mut dw, mut col, mut dcol), (n, dxn)| {
-                        per_image(n, Some(dxn), &mut dw, &mut col, &mut dcol);
-                        (dw, col, dcol)
+                    .fold(init, |mut dw, (n, dxn)| {
+                        per_image(n, Some(dxn), &mut dw);
+                        dw
                     })
-                    .map(|(dw, _, _)| dw)
                     .collect()
             } else {
                 (0..d.n)
                     .into_par_iter()
-                    .fold(init, |(mut dw, mut col, mut dcol), n| {
-                        per_image(n, None, &mut dw, &mut col, &mut dcol);
-                        (dw, col, dcol)
+                    .fold(init, |mut dw, n| {
+                        per_image(n, None, &mut dw);
+                        dw
                     })
-                    .map(|(dw, _, _)| dw)
                     .collect()
             };
             let dw = needs.w.then(|| {
