@@ -46,7 +46,7 @@ pub fn upper_triangle<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 2> {
 /// Signed square root `sign(x) √(|x| + ε)` followed by ℓ2 normalisation of each row: the
 /// normalisation of bilinear features (Lin et al., ICCV 2015).
 pub fn sqrt_l2<B: Backend>(z: Tensor<B, 2>, eps: f64) -> Tensor<B, 2> {
-    fgia_nn::ops::l2_normalize(fgia_nn::ops::signed_sqrt(z, eps), 1e-12)
+    fgia_nn::kernels::sqrt_l2(z, eps, 1e-12)
 }
 
 /// A 1x1 convolution: `conv.forward(x)` for a 1x1, stride-1, unpadded convolution. On the CPU

@@ -23,6 +23,7 @@ pub mod conv;
 pub mod gemm;
 pub mod gram;
 pub mod norm;
+pub mod rows;
 
 use std::any::{Any, TypeId};
 use std::sync::OnceLock;
@@ -73,6 +74,12 @@ pub trait KernelOps: Backend {
     /// per-channel mean and biased variance (`[C]`, not tracked). `x: [N, C, H, W]`.
     fn fgia_batch_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f32, act: Act) -> [FloatTensor<Self>; 3];
 
+    /// Per row of `z: [B, D]`, `s = sign(z) √(|z| + eps)` then `s / max(‖s‖, delta)`.
+    fn fgia_sqrt_l2(z: FloatTensor<Self>, eps: f32, delta: f32) -> FloatTensor<Self>;
+
+    /// The gradient of [`Self::fgia_sqrt_l2`] for `dy`.
+    fn fgia_sqrt_l2_backward(z: FloatTensor<Self>, eps: f32, delta: f32, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// The gradients `[dx, dγ, dβ]` of [`Self::fgia_batch_norm`]'s `y` for `dy`.
     #[allow(clippy::too_many_arguments)]
     fn fgia_batch_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, mean: FloatTensor<Self>, var: FloatTensor<Self>, eps: f32, act: Act, dy: FloatTensor<Self>) -> [FloatTensor<Self>; 3];
@@ -111,6 +118,11 @@ where
         Act::Relu6 => z.clamp(0.0, 6.0),
     };
     [y, Tensor::cat(vec![mean, var], 0)]
+}
+
+/// burn's composition of [`KernelOps::fgia_sqrt_l2`].
+pub fn composed_sqrt_l2<B: Backend>(z: Tensor<B, 2>, eps: f32, delta: f32) -> Tensor<B, 2> {
+    crate::ops::l2_normalize(crate::ops::signed_sqrt(z, eps as f64), delta as f64)
 }
 
 /// burn's gradients of its convolution: its own autodiff, run on `B`'s values.
@@ -186,6 +198,25 @@ impl KernelOps for Flex {
         let (xv, shape) = host::<3>(&x);
         let (dgv, _) = host::<3>(&dg);
         flex(gram::backward(&xv, shape, &dgv, scale), shape)
+    }
+
+    fn fgia_sqrt_l2(z: FlexTensor, eps: f32, delta: f32) -> FlexTensor {
+        if !is_f32(&[&z]) {
+            return composed_sqrt_l2(wrap::<Flex, 2>(z), eps, delta).into_primitive().tensor();
+        }
+        let (zv, shape) = host::<2>(&z);
+        flex(rows::forward(&zv, shape[1], eps, delta), shape)
+    }
+
+    fn fgia_sqrt_l2_backward(z: FlexTensor, eps: f32, delta: f32, dy: FlexTensor) -> FlexTensor {
+        if !is_f32(&[&z, &dy]) {
+            let z = Tensor::<Autodiff<Flex>, 2>::from_inner(wrap(z)).require_grad();
+            let grads = (composed_sqrt_l2(z.clone(), eps, delta) * Tensor::from_inner(wrap::<Flex, 2>(dy))).sum().backward();
+            return z.grad(&grads).unwrap_or_else(|| z.clone().inner().zeros_like()).into_primitive().tensor();
+        }
+        let (zv, shape) = host::<2>(&z);
+        let (dyv, _) = host::<2>(&dy);
+        flex(rows::backward(&zv, shape[1], eps, delta, &dyv), shape)
     }
 
     fn fgia_batch_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, eps: f32, act: Act) -> [FlexTensor; 3] {
@@ -270,6 +301,23 @@ impl<B: KernelOps> Backward<B, 1> for GramBackward {
 }
 
 #[derive(Debug)]
+struct SqrtL2Backward;
+
+impl<B: KernelOps> Backward<B, 1> for SqrtL2Backward {
+    type State = (NodeId, f32, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (z_state, eps, delta) = ops.state;
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            let z = checkpointer.retrieve_node_output::<FloatTensor<B>>(z_state);
+            grads.register::<B>(node.id, B::fgia_sqrt_l2_backward(z, eps, delta, grad));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct BatchNormBackward;
 
 impl<B: KernelOps> Backward<B, 3> for BatchNormBackward {
@@ -329,6 +377,20 @@ impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
 
     fn fgia_gram_backward(x: FloatTensor<Self>, dg: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
         Self::from_inner(B::fgia_gram_backward(Self::inner(x), Self::inner(dg), scale))
+    }
+
+    fn fgia_sqrt_l2(z: FloatTensor<Self>, eps: f32, delta: f32) -> FloatTensor<Self> {
+        match SqrtL2Backward.prepare::<C>([z.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&z), eps, delta);
+                prep.finish(state, B::fgia_sqrt_l2(z.primitive, eps, delta))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fgia_sqrt_l2(z.primitive, eps, delta)),
+        }
+    }
+
+    fn fgia_sqrt_l2_backward(z: FloatTensor<Self>, eps: f32, delta: f32, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::from_inner(B::fgia_sqrt_l2_backward(Self::inner(z), eps, delta, Self::inner(dy)))
     }
 
     fn fgia_batch_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f32, act: Act) -> [FloatTensor<Self>; 3] {
@@ -466,6 +528,23 @@ pub fn batch_norm_train<B: Backend>(x: Tensor<B, 4>, gamma: Tensor<B, 1>, beta: 
             let stats = stats.detach().reshape([2, c]);
             (y, stats.clone().slice([0..1, 0..c]).reshape([c]), stats.slice([1..2, 0..c]).reshape([c]))
         }
+    }
+}
+
+/// The normalisation of bilinear features, per row: `sign(z) √(|z| + eps)`, then divided by
+/// `max(‖·‖, delta)`. Our fused kernel on `Flex` and `Autodiff<Flex>`, burn's composition
+/// ([`crate::ops::signed_sqrt`], [`crate::ops::l2_normalize`]) elsewhere.
+///
+/// # Shapes
+/// `[B, D]` to `[B, D]`.
+pub fn sqrt_l2<B: Backend>(z: Tensor<B, 2>, eps: f64, delta: f64) -> Tensor<B, 2> {
+    fn on<B: Backend, K: KernelOps>(z: Tensor<B, 2>, eps: f32, delta: f32) -> Tensor<B, 2> {
+        recast(wrap::<K, 2>(K::fgia_sqrt_l2(recast::<B, K, 2>(z).into_primitive().tensor(), eps, delta)))
+    }
+    match route::<B>(&[z.dtype()]) {
+        Some(Route::Flex) => on::<B, Flex>(z, eps as f32, delta as f32),
+        Some(Route::AutodiffFlex) => on::<B, Autodiff<Flex>>(z, eps as f32, delta as f32),
+        None => crate::ops::l2_normalize(crate::ops::signed_sqrt(z, eps), delta),
     }
 }
 
@@ -658,5 +737,24 @@ mod tests {
             assert_close(&format!("{case} dgamma"), ours.4, theirs.4, 1e-4);
             assert_close(&format!("{case} dbeta"), ours.5, theirs.5, 1e-4);
         }
+    }
+    #[test]
+    fn fused_signed_sqrt_and_l2_match_burns_composition() {
+        let dev = Default::default();
+        // Zeros (no slope), a row of zeros (norm below delta), and ordinary rows.
+        let mut data: Vec<f32> = (0..4 * 9).map(|i| ((i as f32) * 0.71).sin() * 3.0).collect();
+        data[3] = 0.0;
+        data[9..18].iter_mut().for_each(|v| *v = 0.0);
+        let z = Tensor::<A, 2>::from_data(TensorData::new(data, [4, 9]), &dev);
+        let r = random::<A, 2>([4, 9], &dev);
+        let run = |ours: bool| {
+            let z = z.clone().require_grad();
+            let y = if ours { wrap::<A, 2>(A::fgia_sqrt_l2(z.clone().into_primitive().tensor(), 1e-10, 1e-12)) } else { composed_sqrt_l2(z.clone(), 1e-10, 1e-12) };
+            let grads = (y.clone() * r.clone()).sum().backward();
+            (y.inner(), z.grad(&grads).expect("dz"))
+        };
+        let ((y1, d1), (y2, d2)) = (run(true), run(false));
+        assert_close("sqrt_l2 y", y1, y2, 1e-4);
+        assert_close("sqrt_l2 dz", d1, d2, 1e-4);
     }
 }
