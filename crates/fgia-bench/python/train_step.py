@@ -5,7 +5,10 @@ ten times the learning rate on the head) at batch 16, 224 x 224, 200 classes, fo
 EfficientNet-Lite0 (the same layout as fgia's) and torchvision-layout ResNet-50, with every
 thread of the machine. Prints the median of 10 timed steps after 2 warm-up steps.
 
-Run:  sh python/setup.sh && .venv-bench/bin/python python/train_step.py
+Also times inference (evaluation mode, no gradient) at batch 1 and 32. An argument keeps the
+networks whose name contains it (`efficientnet`, `resnet50`).
+
+Run:  sh python/setup.sh && .venv-bench/bin/python python/train_step.py [NAME [--train-only]]
 """
 import statistics
 import sys
@@ -58,8 +61,31 @@ def bench(name, model, head):
     print(f"train_step/{name}/b16_224: median {med:.3f} s/step, {16 / med:.1f} images/s (torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
 
+def infer(name, model):
+    model.eval()
+    for batch in (1, 32):
+        x = torch.randn(batch, 3, 224, 224)
+        times = []
+        with torch.no_grad():
+            for i in range(12):
+                t = time.perf_counter()
+                model(x)
+                if i >= 2:
+                    times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        print(f"infer/{name}/b{batch}_224: median {1e3 * med:.1f} ms, {batch / med:.1f} images/s")
+
+
 if __name__ == "__main__":
-    m = lite0()
-    bench("efficientnet-lite0", m, m._fc)
-    m = resnet50()
-    bench("resnet50", m, m.fc)
+    keep = sys.argv[1] if len(sys.argv) > 1 else ""
+    train_only = "--train-only" in sys.argv  # for the peak resident set of training alone
+    if keep in "efficientnet-lite0":
+        m = lite0()
+        bench("efficientnet-lite0", m, m._fc)
+        if not train_only:
+            infer("efficientnet-lite0", m)
+    if keep in "resnet50":
+        m = resnet50()
+        bench("resnet50", m, m.fc)
+        if not train_only:
+            infer("resnet50", m)

@@ -1,12 +1,11 @@
-//! Batch normalisation, and convolution followed by batch normalisation, computed with
-//! per-channel 1x1 depthwise convolutions.
+//! Batch normalisation, and convolution followed by batch normalisation and an activation.
 //!
-//! Why: on burn-flex 0.21 an element-wise operation that broadcasts a `[C]` vector over a
-//! `[N, C, H, W]` map is about 8x slower than a same-shape one (45 ms against 5 ms on
-//! `[16, 96, 56, 56]`), and `burn::nn::BatchNorm` does several of them, so batch norm took longer
-//! than the convolutions around it (160 ms against 10 ms for a 1x1 expansion). A per-channel
-//! affine map `y = a_c x + b_c` is exactly a depthwise 1x1 convolution with weight `a` and bias
-//! `b`, which the backend runs (forward and backward) at the speed of a same-shape operation.
+//! In training on the CPU backend (`Autodiff<Flex>`), normalisation and activation are one fused
+//! kernel ([`crate::kernels::batch_norm_train`]: two passes forward, two backward). Elsewhere the
+//! per-channel affine map `y = a_c x + b_c` runs as a depthwise 1x1 convolution with weight `a`
+//! and bias `b`: on burn-flex 0.21 an element-wise operation that broadcasts a `[C]` vector over
+//! a `[N, C, H, W]` map is about 8x slower than a same-shape one (45 ms against 5 ms on
+//! `[16, 96, 56, 56]`), and `burn::nn::BatchNorm` does several of them.
 //!
 //! Semantics are PyTorch's `BatchNorm2d`:
 //! - training (autodiff backend): batch statistics over `N, H, W` (biased variance for
