@@ -111,7 +111,16 @@ pub fn conv_bn_act<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>, x: Tensor<B,
     let [_, _, h, w] = x.dims();
     let out = conv.weight.dims()[0];
     let (a, b) = inference_affine(bn, &x.device());
-    let weight = conv.weight.val() * a.clone().reshape([out, 1, 1, 1]);
+    let weight = if kernels::routes::<B>() {
+        // `w[o] * a[o]` as a per-channel affine map of the weight viewed as one `[1, out, in,
+        // k²]` image: burn-flex's broadcast multiply walks strided indices, and at batch 1 it
+        // took most of the forward.
+        let [o, i, kh, kw] = conv.weight.dims();
+        let w = conv.weight.val().reshape([1, o, i, kh * kw]);
+        channel_affine(w, a.clone(), Tensor::zeros([o], &a.device())).reshape([o, i, kh, kw])
+    } else {
+        conv.weight.val() * a.clone().reshape([out, 1, 1, 1])
+    };
     let bias = match &conv.bias {
         Some(cb) => cb.val() * a + b,
         None => b,
